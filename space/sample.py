@@ -1,0 +1,135 @@
+"""The search space: `sample_config(trial)` is the only place with `trial.suggest_*`.
+
+The trial samples the network's *shape* (stages, blocks, depths, width ratios, context, decoder) and a target
+share of the budget; the absolute width is then derived, not sampled: the largest width multiplier whose exact
+parameter count stays at or under the target (bisection on `count_params`). No trial is ever over budget, and
+replaying `optuna.trial.FixedTrial(trial.params)` rebuilds the identical network.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from space.budget import count_params, utilisation
+from space.config import BUDGET, ArchConfig, LossConfig, StageConfig, TrainConfig
+from space.network import make_divisible
+
+ASPP_RATES = ("1-2-3", "2-4-6", "3-6-9", "4-8-12", "6-12-18")
+BASE_WIDTH = 16
+MULT_RANGE = (0.05, 12.0)
+BISECT_STEPS = 18
+
+
+def _shape(trial: optuna.trial.BaseTrial) -> dict:
+    """Sample everything about the architecture except its absolute width."""
+    n_stages = trial.suggest_int("n_stages", 4, 5)
+    growth = trial.suggest_categorical("width_growth", [1.5, 1.75, 2.0])
+    stages = []
+    for i in range(n_stages):
+        reduction = 2 ** (i + 1 + (n_stages == 4))  # 4-stage nets start at 1/4, 5-stage at 1/2
+        block = trial.suggest_categorical(f"s{i}_block", ["res", "ir", "ds"])
+        max_depth = 6 if reduction == 16 else (2 if reduction <= 4 else 4)
+        stages.append(dict(
+            ratio=growth ** max(0, i - (n_stages == 5)),
+            depth=trial.suggest_int(f"s{i}_depth", 1, max_depth),
+            block=block,
+            expansion=trial.suggest_categorical(f"s{i}_expansion", [2, 3, 4, 6]) if block == "ir" else 4,
+            kernel=trial.suggest_categorical(f"s{i}_kernel", [3, 5]),
+            se=trial.suggest_categorical(f"s{i}_se", [False, True]),
+        ))
+    os_ = trial.suggest_categorical("output_stride", [8, 16])
+    if os_ == 16:
+        dilations = (trial.suggest_categorical("dilation_32", [1, 2, 4]),)
+    else:
+        dilations = (trial.suggest_categorical("dilation_16", [1, 2]),
+                     trial.suggest_categorical("dilation_32", [1, 2, 4]))
+    context = trial.suggest_categorical("context", ["aspp", "ppm", "none"])
+    rates = trial.suggest_categorical("aspp_rates", ASPP_RATES) if context == "aspp" else "2-4-6"
+    return dict(
+        stages=stages, output_stride=os_, dilations=dilations, context=context,
+        context_rates=tuple(int(r) for r in rates.split("-")),
+        stem=trial.suggest_categorical("stem_width", [16, 24, 32]),
+        context_width=trial.suggest_categorical("context_width", [64, 96, 128, 160]),
+        skip4=trial.suggest_categorical("skip4", [True, False]),
+        skip8=trial.suggest_categorical("skip8", [False, True]),
+        skip_width=trial.suggest_categorical("skip_width", [16, 24, 32, 48]),
+        detail_width=trial.suggest_categorical("detail_width", [0, 32, 64]),
+        decoder_width=trial.suggest_categorical("decoder_width", [32, 48, 64, 96]),
+        decoder_depth=trial.suggest_int("decoder_depth", 1, 2),
+        activation=trial.suggest_categorical("activation", ["relu", "hardswish", "silu"]),
+        aux_head=trial.suggest_categorical("aux_head", [False, True]),
+    )
+
+
+def realise(shape: dict, mult: float) -> ArchConfig:
+    """The architecture of `shape` with every width scaled by `mult` (rounded to multiples of 8)."""
+    w = lambda v: make_divisible(v * mult)
+    stages = tuple(StageConfig(width=w(BASE_WIDTH * 2 * s["ratio"]), depth=s["depth"], block=s["block"],
+                               expansion=s["expansion"], kernel=s["kernel"], se=s["se"]) for s in shape["stages"])
+    return ArchConfig(
+        stem_width=w(shape["stem"]), stages=stages, output_stride=shape["output_stride"],
+        dilations=shape["dilations"], context=shape["context"], context_width=w(shape["context_width"]),
+        context_rates=shape["context_rates"], skip4=shape["skip4"], skip8=shape["skip8"],
+        skip_width=w(shape["skip_width"]), detail_width=w(shape["detail_width"]) if shape["detail_width"] else 0,
+        decoder_width=w(shape["decoder_width"]), decoder_depth=shape["decoder_depth"],
+        activation=shape["activation"], aux_head=shape["aux_head"])
+
+
+def fit_width(shape: dict, target: int) -> tuple[ArchConfig, float]:
+    """Largest multiplier (to bisection precision) whose network has at most `target` parameters.
+    The count is non-decreasing in the multiplier, so bisection is exact about the bound."""
+    lo, hi = MULT_RANGE
+    best = realise(shape, lo)
+    if count_params(best) > target:
+        raise ValueError(f"even the narrowest network ({count_params(best)} params) exceeds {target}")
+    if count_params(realise(shape, hi)) <= target:
+        return realise(shape, hi), hi
+    for _ in range(BISECT_STEPS):
+        mid = (lo + hi) / 2
+        cfg = realise(shape, mid)
+        if count_params(cfg) <= target:
+            lo, best = mid, cfg
+        else:
+            hi = mid
+    return best, lo
+
+
+def sample_loss(trial: optuna.trial.BaseTrial) -> LossConfig:
+    focal = trial.suggest_categorical("loss_focal", [0.0, 0.5, 1.0])
+    return LossConfig(
+        ce=1.0,
+        dice=trial.suggest_categorical("loss_dice", [0.0, 0.25, 0.5, 1.0]),
+        focal=focal,
+        focal_gamma=trial.suggest_categorical("focal_gamma", [1.0, 2.0, 3.0]) if focal else 2.0,
+        lovasz=trial.suggest_categorical("loss_lovasz", [0.0, 0.25, 0.5]),
+        boundary=trial.suggest_categorical("loss_boundary", [0.0, 0.5, 1.0]),
+        class_weight_power=trial.suggest_categorical("class_weight_power", [0.0, 0.1, 0.25, 0.5]),
+        label_smoothing=trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1, 0.2]),
+    )
+
+
+def sample_train(trial: optuna.trial.BaseTrial) -> TrainConfig:
+    optimizer = trial.suggest_categorical("optimizer", ["adamw", "sgd"])
+    lr = (trial.suggest_float("lr_adamw", 5e-4, 1e-2, log=True) if optimizer == "adamw"
+          else trial.suggest_float("lr_sgd", 5e-3, 1e-1, log=True))
+    return TrainConfig(
+        optimizer=optimizer, lr=lr,
+        weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+        warmup_frac=trial.suggest_categorical("warmup_frac", [0.0, 0.05, 0.1]),
+        batch_size=trial.suggest_categorical("batch_size", [8, 16]),
+        aug_strength=trial.suggest_categorical("aug_strength", [0.0, 0.35, 0.7, 1.0]),
+    )
+
+
+def sample_config(trial: optuna.trial.BaseTrial) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+    """Sample (architecture, loss, recipe) for `trial`; the architecture is always under the budget."""
+    shape = _shape(trial)
+    fraction = trial.suggest_float("budget_fraction", 0.7, 0.99)
+    target = min(int(fraction * BUDGET), BUDGET - 1)
+    arch, mult = fit_width(shape, target)
+    params = count_params(arch)
+    assert params < BUDGET, (params, arch)
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("utilisation", round(utilisation(params), 4))
+    trial.set_user_attr("width_mult", round(mult, 4))
+    return arch, sample_loss(trial), sample_train(trial)
