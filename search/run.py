@@ -1,0 +1,294 @@
+"""`python -m search.run --trials 100`: the architecture search.
+
+Each trial samples an architecture and a training recipe (`space.sample.sample_config`), trains a short proxy
+run, reports the validation F-measure each epoch so that weak trials are pruned, and leaves behind user attrs
+and a prediction grid (an Optuna artifact) for optuna-dashboard. Re-running the same command resumes the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from search.storage import DEFAULT_STORAGE, StorageError, is_sqlite, open_storage
+from space.config import BUDGET
+from space.network import build_model
+from space.presets import PRESETS
+from space.sample import sample_config
+from train.data import DataError, Split, load_split
+from train.loop import NonFiniteLoss, fit, pick_device, predict_logits
+from train.synthetic import resolve_data
+from train.visual import prediction_grid
+
+METRIC_NAME = "val_f_measure"
+DEFAULTS = {  # per device type: proxy size, epochs, train subset, DataLoader workers
+    "cpu": dict(proxy_size=64, proxy_epochs=6, subset=0.5, loader_workers=0),
+    "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, loader_workers=6),
+}
+
+
+@dataclass
+class Settings:
+    data: Path
+    study: str
+    storage: str
+    artifact_dir: Path
+    proxy_size: int
+    proxy_epochs: int
+    subset: float
+    sampler: str
+    pruner: str
+    seed: int
+    device: str
+    loader_workers: int
+
+
+def count_flops(model: torch.nn.Module, size: int) -> int:
+    """FLOPs of one forward pass at size x size (torch.utils.flop_counter, the one counter used everywhere)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+class Objective:
+    """Holds the cached proxy data; one call trains one trial."""
+
+    def __init__(self, s: Settings, train: Split, val: Split):
+        self.s, self.train, self.val = s, train, val
+        self.device = pick_device(s.device)
+        s.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.store = FileSystemArtifactStore(str(s.artifact_dir))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        s = self.s
+        arch, loss_cfg, train_cfg = sample_config(trial)
+        model = build_model(arch)
+        trial.set_user_attr("flops", count_flops(build_model(arch).drop_aux(), s.proxy_size))
+        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("arch", arch.to_dict())
+
+        def report(epoch: int, record: dict) -> None:
+            trial.report(record["val_f"], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("epochs_run", epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with F {record['val_f']:.4f}")
+
+        try:
+            result = fit(model, self.train, self.val, loss_cfg, train_cfg, epochs=s.proxy_epochs,
+                         size=s.proxy_size, device=self.device, workers=s.loader_workers,
+                         seed=s.seed + trial.number, callback=report, desc=f"trial {trial.number}")
+        except (NonFiniteLoss, torch.OutOfMemoryError, RuntimeError) as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("seconds", round(result.seconds, 2))
+        trial.set_user_attr("train_images_per_s", round(result.train_images_per_s, 2))
+        trial.set_user_attr("per_class_f", [None if math.isnan(v) else round(v, 4) for v in result.per_class_f])
+        self._upload_grid(trial, model)
+        return result.final_f
+
+    def _upload_grid(self, trial: optuna.Trial, model: torch.nn.Module, n: int = 4) -> None:
+        images = self.val.images[:n]
+        preds = [lg.argmax(0).to(torch.uint8).cpu().numpy() for lg in predict_logits(model, images, self.device)]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = prediction_grid(list(images), list(self.val.masks[:n]), preds,
+                                   Path(tmp) / f"trial{trial.number}_predictions.png")
+            upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                            mimetype="image/png")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=10)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+
+
+def open_study(s: Settings) -> optuna.Study:
+    study = optuna.create_study(study_name=s.study, storage=open_storage(s.storage), direction="maximize",
+                                sampler=make_sampler(s.sampler, s.seed),
+                                pruner=make_pruner(s.pruner, s.proxy_epochs), load_if_exists=True)
+    if not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
+    return study
+
+
+def load_data(s: Settings) -> tuple[Split, Split]:
+    train = load_split(s.data, "train", size=s.proxy_size)
+    n = max(2, int(round(len(train) * s.subset)))
+    train = Split(train.name, train.stems[:n], train.images[:n], train.masks[:n], None, train.sizes[:n])
+    val = load_split(s.data, "val", size=s.proxy_size, keep_full_masks=True)
+    return train, val
+
+
+def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | None, threads: int) -> None:
+    """One process's share of the search (also the single-process path)."""
+    if threads:
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    train, val = load_data(s)
+    study = open_study(s)
+    callbacks = [optuna.study.MaxTrialsCallback(total, states=None)] if total else []
+    study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                   catch=(NonFiniteLoss, torch.OutOfMemoryError, RuntimeError), gc_after_trial=True)
+
+
+def n_finished(study: optuna.Study) -> int:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
+def describe(t: optuna.trial.FrozenTrial) -> str:
+    p = t.params
+    stages = "-".join(f"{p.get(f's{i}_block')}{p.get(f's{i}_depth')}" for i in range(p.get("n_stages", 0)))
+    return (f"#{t.number:<4} F={t.value:.4f} params={t.user_attrs.get('params', 0):>9,} "
+            f"stages={stages} os={p.get('output_stride')} ctx={p.get('context')} "
+            f"skips={'4' if p.get('skip4') else ''}{'8' if p.get('skip8') else ''} detail={p.get('detail_width')}")
+
+
+def summary(study: optuna.Study, s: Settings) -> str:
+    states = [t.state for t in study.trials]
+    counts = {st.name.lower(): states.count(st) for st in optuna.trial.TrialState if states.count(st)}
+    done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+                  key=lambda t: t.value, reverse=True)
+    lines = [f"study {s.study!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    if done:
+        lines.append("top trials:")
+        lines += ["  " + describe(t) for t in done[:5]]
+    lines += ["", f"browse:  optuna-dashboard {s.storage} --artifact-dir {s.artifact_dir}",
+              "retrain: python -m train.final --study best"
+              + ("" if s.storage == DEFAULT_STORAGE else f" --storage {s.storage}")]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trials", type=int, default=100, help="new trials to run in this invocation")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (challenge layout); default data/celebamask-mini if present, else the "
+                        "embedded synthetic face set, generated once into data/synthetic/")
+    p.add_argument("--study", default=None, help="study name; default facenas-<data folder name>")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="Optuna storage: an RDB URL (sqlite:///..., postgresql+psycopg://...) or a plain path "
+                        "to a JournalFileBackend file")
+    p.add_argument("--proxy-size", type=int, default=None, help="proxy training resolution in px "
+                   "(default 64 on CPU, 256 on CUDA)")
+    p.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy run (default 6 CPU, 12 CUDA)")
+    p.add_argument("--subset", type=float, default=None,
+                   help="fraction of the training split used by proxies (default 0.5 CPU, 1.0 CUDA)")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
+    p.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
+                   help="Optuna pruner, stepped per proxy epoch")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel processes sharing the study (needs a journal file or PostgreSQL, not SQLite)")
+    p.add_argument("--artifact-dir", type=Path, default=None,
+                   help="where prediction grids are stored (default studies/artifacts)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of proxy training")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    device = pick_device(args.device)
+    d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    data = resolve_data(args.data)
+    return Settings(
+        data=data, study=args.study or f"facenas-{data.resolve().name}", storage=args.storage,
+        artifact_dir=args.artifact_dir or Path("studies/artifacts"),
+        proxy_size=args.proxy_size or d["proxy_size"], proxy_epochs=args.proxy_epochs or d["proxy_epochs"],
+        subset=args.subset or d["subset"], sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+        device=str(device), loader_workers=d["loader_workers"])
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {args.trials}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and is_sqlite(args.storage):
+        raise ValueError("SQLite is unsafe for parallel writers: with --workers > 1 use a journal file "
+                         "(--storage studies/facenas.journal) or PostgreSQL (--storage postgresql+psycopg://...)")
+    if args.subset is not None and not 0 < args.subset <= 1:
+        raise ValueError(f"--subset must be in (0, 1], got {args.subset}")
+    for name in ("proxy_size", "proxy_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < (32 if name == "proxy_size" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} too small: {value}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError(f"--timeout must be > 0, got {args.timeout}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        validate(args)
+        s = settings_from_args(args)
+        s.artifact_dir.mkdir(parents=True, exist_ok=True)
+        load_split(s.data, "val", limit=1)  # fail fast on a bad folder before any worker starts
+        study = open_study(s)
+    except (ValueError, DataError, StorageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finished = n_finished(study)
+    for name, params in PRESETS.items():
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+    study.set_user_attr("data", str(s.data))
+    study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
+                                  "device": s.device})
+    print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
+          f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train; device {s.device}; "
+          f"budget < {BUDGET:,} params", flush=True)
+    t0 = time.time()
+    try:
+        if args.workers == 1:
+            run_worker(s, args.trials, None, args.timeout, 0)
+        else:
+            total = finished + args.trials
+            threads = max(1, (os.cpu_count() or 1) // args.workers)
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=run_worker, args=(s, args.trials, total, args.timeout, threads))
+                     for _ in range(args.workers)]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join()
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are saved; re-run the same command to continue", file=sys.stderr)
+        return 130
+    study = open_study(s)
+    print(f"\n{n_finished(study) - finished} trials in {time.time() - t0:.0f} s")
+    print(summary(study, s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

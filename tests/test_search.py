@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_cli
+
+import search.run as run_mod
+from search.storage import open_storage
+from space.config import BUDGET
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def search_args(data: Path, storage: str, art: Path, trials: int, *extra: str) -> list[str]:
+    return ["search.run", "--trials", str(trials), "--data", str(data), "--storage", storage, "--study", "t",
+            "--artifact-dir", str(art), "--proxy-size", "64", "--proxy-epochs", "2", "--subset", "1",
+            "--device", "cpu", *extra]
+
+
+def load(storage: str) -> optuna.Study:
+    return optuna.load_study(study_name="t", storage=open_storage(storage, heartbeat=False))
+
+
+def test_three_trial_search_then_resume(tiny_data, tmp_path):
+    storage, art = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "art"
+    res = run_cli(*search_args(tiny_data, storage, art, 3), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(storage)
+    assert len(study.trials) == 3 and all(t.state in FINISHED for t in study.trials)
+    assert all(t.user_attrs["params"] < BUDGET for t in study.trials)
+    assert {t.user_attrs.get("preset") for t in study.trials} == {"deeplab_lite", "bisenet_style", "dw_unet"}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        assert {"flops", "per_class_f", "epochs_run", "seconds", "train_images_per_s"} <= set(t.user_attrs)
+        artifacts = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        assert len(artifacts) == 1 and artifacts[0].mimetype == "image/png"
+        assert (art / artifacts[0].artifact_id).stat().st_size > 1000
+    assert "optuna-dashboard" in res.stdout and "python -m train.final --study best" in res.stdout
+    # resume: the same command again adds trials, loses none
+    res = run_cli(*search_args(tiny_data, storage, art, 2), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(storage)
+    assert len(study.trials) == 5 and all(t.state in FINISHED for t in study.trials)
+    assert len({t.number for t in study.trials}) == 5
+
+
+def test_two_workers_on_a_journal_file(tiny_data, tmp_path):
+    storage = str(tmp_path / "study.journal")
+    res = run_cli(*search_args(tiny_data, storage, tmp_path / "art", 4, "--workers", "2", "--proxy-epochs",
+                               "1"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(storage)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) >= 4 and len(set(numbers)) == len(numbers)
+    assert all(t.state in FINISHED for t in study.trials)
+
+
+def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
+    res = run_cli(*search_args(tiny_data, f"sqlite:///{tmp_path / 's.db'}", tmp_path / "a", 2, "--workers", "2"))
+    assert res.returncode == 2 and "SQLite is unsafe for parallel writers" in res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
+    (["--data", "/nonexistent/faces"], "folder missing"),
+])
+def test_bad_arguments(tmp_path, args, message):
+    res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, monkeypatch):
+    real_fit, calls = run_mod.fit, []
+
+    def flaky_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise run_mod.NonFiniteLoss("loss became nan at epoch 1")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "fit", flaky_fit)
+    s = run_mod.Settings(data=tiny_data, study="t", storage=f"sqlite:///{tmp_path / 's.db'}",
+                         artifact_dir=tmp_path / "art", proxy_size=32, proxy_epochs=1, subset=1.0, sampler="tpe",
+                         pruner="none", seed=0, device="cpu", loader_workers=0)
+    run_mod.run_worker(s, 2, None, None, 0)
+    trials = load(s.storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert "NonFiniteLoss: loss became nan" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE

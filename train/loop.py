@@ -1,0 +1,210 @@
+"""One training loop for proxy and full runs: `fit(...)`. No optuna here: progress goes through a callback.
+
+Images arrive as cached uint8 arrays at training resolution; augmentation runs in DataLoader workers; the batch
+is normalised on the device. On CUDA: bf16 autocast and channels_last; on CPU: fp32. Evaluation scores with the
+challenge metric after upsampling logits to the ground-truth resolution, as the challenge does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from space.config import LossConfig, TrainConfig
+from train.augment import train_pipeline
+from train.classes import FLIP_LUT
+from train.data import Split, class_stats
+from train.losses import SegLoss, class_weights
+from train.metric import Scorer
+
+MEAN, STD = 0.5, 0.25  # (x / 255 - MEAN) / STD; solution/run.py uses the same constants
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the run cannot recover."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class AugmentedSplit(Dataset):
+    """Cached uint8 images + masks through an albumentations pipeline; returns uint8 HWC and int64 HW."""
+
+    def __init__(self, split: Split, size: int, strength: float, seed: int):
+        self.images, self.masks = split.images, split.masks
+        self.pipeline = train_pipeline(size, strength, seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        out = self.pipeline(image=self.images[i], mask=self.masks[i])
+        return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.pipeline.set_random_seed(info.seed % 2**31)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(MEAN).div_(STD)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 16,
+                   flip_tta: bool = False):
+    """Yield (H, W, C) float32 logits per image of (N, H, W, 3) uint8 `images` (at model input size)."""
+    model.eval()
+    for i in range(0, len(images), batch_size):
+        x = to_input(torch.from_numpy(images[i:i + batch_size]), device)
+        with _autocast(device):
+            logits = model(x).float()
+            if flip_tta:
+                flipped = model(x.flip(3)).float().flip(3)
+                logits = (logits + flipped[:, torch.as_tensor(FLIP_LUT, device=device).long()]) / 2
+        yield from logits
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 16,
+             flip_tta: bool = False) -> Scorer:
+    """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax."""
+    scorer = Scorer()
+    targets = split.full_masks if split.full_masks is not None else list(split.masks)
+    for logits, gt in zip(predict_logits(model, split.images, device, batch_size, flip_tta), targets):
+        if logits.shape[1:] != gt.shape:
+            logits = F.interpolate(logits[None], gt.shape, mode="bilinear", align_corners=False)[0]
+        scorer.add(gt, logits.argmax(0).to(torch.uint8).cpu().numpy())
+    return scorer
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero; stepped per iteration."""
+    warm = int(total_steps * warmup_frac)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_f: float = float("nan")
+    final_f: float = float("nan")
+    per_class_f: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds: float = 0.0
+    train_images_per_s: float = 0.0
+
+
+def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
+        epochs: int, size: int, device: torch.device, eval_every: int = 1, workers: int = 0, seed: int = 0,
+        callback: Callable[[int, dict], None] | None = None, state: dict | None = None,
+        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
+        desc: str = "train") -> FitResult:
+    """Train `model` for `epochs` on `train` (cached at `size`), scoring on `val` every `eval_every` epochs
+    and at the end. `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning).
+    `state` (optimizer/scheduler/epoch/history from a checkpoint) resumes a run; `on_epoch_end(epoch, state)`
+    receives a resumable state after every epoch."""
+    torch.manual_seed(seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    weights = class_weights(class_stats(train.masks)[0], loss_cfg.class_weight_power)
+    criterion = SegLoss(loss_cfg, weights).to(device)
+    data = AugmentedSplit(train, size, train_cfg.aug_strength, seed)
+    batch = min(train_cfg.batch_size, len(data))
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", worker_init_fn=_seed_worker if workers else None,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    steps_per_epoch = len(loader)
+    optimizer = make_optimizer(model, train_cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(epochs * steps_per_epoch,
+                                                                        train_cfg.warmup_frac))
+    result, start = FitResult(), 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, result.history = state["epoch"], list(state["history"])
+    t_start, n_images, t_train = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=desc, leave=False, disable=not progress,
+               dynamic_ncols=True)
+    for epoch in range(start + 1, epochs + 1):
+        model.train()
+        t0, loss_sum = time.perf_counter(), 0.0
+        for images, masks in loader:
+            x, y = to_input(images, device), masks.to(device, non_blocking=True)
+            with _autocast(device):
+                out = model(x)
+            main, aux = out if isinstance(out, tuple) else (out, None)
+            loss = criterion(main, y)
+            if aux is not None:
+                loss = loss + loss_cfg.aux_weight * F.cross_entropy(aux.float(), y)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+            n_images += len(images)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", F=f"{result.best_f:.3f}")
+        t_train += time.perf_counter() - t0
+        record = {"epoch": epoch, "loss": loss_sum / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.perf_counter() - t_start}
+        if epoch % eval_every == 0 or epoch == epochs:
+            scorer = evaluate(model, val, device)
+            record["val_f"] = scorer.f_measure
+            result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
+            result.final_f = scorer.f_measure
+            result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)
+            bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", F=f"{result.best_f:.3f}")
+        result.history.append(record)
+        result.epochs_run = epoch
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "epoch": epoch, "history": result.history})
+        if callback is not None and "val_f" in record:
+            callback(epoch, record)
+    bar.close()
+    result.seconds = time.perf_counter() - t_start
+    result.train_images_per_s = n_images / max(t_train, 1e-9)
+    return result
