@@ -130,8 +130,14 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(s: Settings) -> optuna.Study:
-    study = optuna.create_study(study_name=s.study, storage=open_storage(s.storage), direction="maximize",
-                                sampler=make_sampler(s.sampler, s.seed),
+    storage = open_storage(s.storage)
+    # offset the seed by the trials already stored, so a resumed study does not replay the same proposals
+    try:
+        stored = len(optuna.load_study(study_name=s.study, storage=storage).trials)
+    except KeyError:
+        stored = 0
+    study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize",
+                                sampler=make_sampler(s.sampler, s.seed + stored),
                                 pruner=make_pruner(s.pruner, s.proxy_epochs), load_if_exists=True)
     if not study.metric_names:
         with warnings.catch_warnings():

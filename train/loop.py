@@ -26,6 +26,7 @@ from train.data import Split, class_stats
 from train.losses import SegLoss, class_weights
 from train.metric import Scorer
 
+SYNC_EVERY = 10  # steps between host reads of the loss (NaN check, progress)
 MEAN, STD = 0.5, 0.25  # (x / 255 - MEAN) / STD; solution/run.py uses the same constants
 
 
@@ -144,6 +145,7 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     weights = class_weights(class_stats(train.masks)[0], loss_cfg.class_weight_power)
     criterion = SegLoss(loss_cfg, weights).to(device)
     data = AugmentedSplit(train, size, train_cfg.aug_strength, seed)
@@ -161,12 +163,12 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         scheduler.load_state_dict(state["scheduler"])
         start, result.history = state["epoch"], list(state["history"])
     t_start, n_images, t_train = time.perf_counter(), 0, 0.0
-    bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=desc, leave=False, disable=not progress,
+    bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=desc, leave=False, disable=None if progress else True,
                dynamic_ncols=True)
     for epoch in range(start + 1, epochs + 1):
         model.train()
-        t0, loss_sum = time.perf_counter(), 0.0
-        for images, masks in loader:
+        t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
+        for step, (images, masks) in enumerate(loader):
             x, y = to_input(images, device), masks.to(device, non_blocking=True)
             with _autocast(device):
                 out = model(x)
@@ -174,22 +176,26 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
             loss = criterion(main, y)
             if aux is not None:
                 loss = loss + loss_cfg.aux_weight * F.cross_entropy(aux.float(), y)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             n_images += len(images)
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", F=f"{result.best_f:.3f}")
-        t_train += time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": loss_sum / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                  "seconds": time.perf_counter() - t_start}
+            if step % SYNC_EVERY == SYNC_EVERY - 1 or step == steps_per_epoch - 1:
+                # reading the loss waits for the device: do it every few steps, not every step
+                mean_loss = loss_sum.item() / (step + 1)
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    raise NonFiniteLoss(f"loss became {mean_loss} at epoch {epoch}")
+                bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.3f}", F=f"{result.best_f:.3f}")
+        epoch_s = time.perf_counter() - t0
+        t_train += epoch_s
+        record = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                  "seconds": time.perf_counter() - t_start, "images_per_s": steps_per_epoch * batch / epoch_s}
         if epoch % eval_every == 0 or epoch == epochs:
             scorer = evaluate(model, val, device)
             record["val_f"] = scorer.f_measure

@@ -30,8 +30,8 @@ def dice_loss(probs: torch.Tensor, onehot: torch.Tensor, eps: float = 1.0) -> to
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + eps) / (denom + eps)
-    present = onehot.sum(dims) > 0
-    return 1 - dice[present].mean()
+    present = (onehot.sum(dims) > 0).float()  # masked mean without a host sync
+    return 1 - (dice * present).sum() / present.sum().clamp(min=1)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -79,7 +79,7 @@ class SegLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("weights", weights if weights is not None else torch.ones(NUM_CLASSES))
-        self.terms: dict[str, float] = {}
+        self.terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -97,8 +97,8 @@ class SegLoss(nn.Module):
         if cfg.focal:
             terms["focal"] = focal_loss(logits, target, cfg.focal_gamma)
         if cfg.boundary:
-            edge = boundary_mask(target)
-            terms["boundary"] = ce_pix[edge].mean() if edge.any() else ce_pix.sum() * 0
+            edge = boundary_mask(target).float()
+            terms["boundary"] = (ce_pix * edge).sum() / edge.sum().clamp(min=1)
         total = sum(getattr(cfg, name) * value for name, value in terms.items())
-        self.terms = {k: float(v.detach()) for k, v in terms.items()}
+        self.terms = {k: v.detach() for k, v in terms.items()}  # tensors: reading them would sync the device
         return total

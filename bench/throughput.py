@@ -1,0 +1,106 @@
+"""Training throughput: end-to-end (cached uint8 data -> augmentation in DataLoader workers -> device -> step,
+through `train.loop.fit`) and model-only (the same model, batch and loss with tensors already on the device).
+Their ratio is the data-pipeline efficiency. Prints one line per resolution.
+
+    python -m bench.throughput --sizes 64 128 --batch 16 --preset deeplab_lite
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from space.network import build_model
+from space.presets import PRESETS
+from space.sample import sample_config
+from train.data import Split, load_split
+from train.loop import _autocast, fit, make_optimizer, pick_device, to_input
+from train.losses import SegLoss
+from train.synthetic import write_dataset
+
+
+def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.device, steps: int) -> float:
+    model = build_model(arch).to(device).train()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, train_cfg)
+    criterion = SegLoss(loss_cfg).to(device)
+    x = to_input(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device)
+    y = torch.randint(0, 19, (batch, size, size), device=device)
+
+    def step():
+        with _autocast(device):
+            out = model(x)
+        main = out[0] if isinstance(out, tuple) else out
+        loss = criterion(main, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def end_to_end(arch, loss_cfg, train_cfg, train: Split, val: Split, size: int, device: torch.device,
+               workers: int, epochs: int) -> float:
+    result = fit(build_model(arch), train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
+                 eval_every=epochs, workers=workers, progress=False)
+    rates = [r["images_per_s"] for r in result.history[1:]]  # the first epoch warms up
+    return statistics.median(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="resolutions (default: 64 128 on CPU, 256 512 on CUDA)")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="deeplab_lite", help="architecture")
+    p.add_argument("--images", type=int, default=None, help="training images per epoch (default 4 batches "
+                   "on CPU, 16 on CUDA)")
+    p.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (the first is discarded)")
+    p.add_argument("--steps", type=int, default=None, help="model-only timed steps (default: one epoch's)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root; default a generated synthetic set")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    sizes = args.sizes or ([256, 512] if cuda else [64, 128])
+    workers = args.workers if args.workers is not None else (6 if cuda else 0)
+    n_images = args.images or args.batch * (16 if cuda else 4)
+    steps = args.steps or n_images // args.batch
+    arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS[args.preset]))
+    from dataclasses import replace
+    train_cfg = replace(train_cfg, batch_size=args.batch)
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()} threads"
+    print(f"device: {name}; preset {args.preset}; batch {args.batch}; workers {workers}; torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            root = args.data or write_dataset(Path(tmp) / f"s{size}", {"train": n_images, "val": 2}, size, seed=0)
+            train = load_split(root, "train", size=size, limit=n_images)
+            val = load_split(root, "val", size=size, limit=2, keep_full_masks=True)
+            e2e = end_to_end(arch, loss_cfg, train_cfg, train, val, size, device, workers, args.epochs)
+            raw = model_only(arch, loss_cfg, train_cfg, size, args.batch, device, steps)
+            print(f"size {size:4d}: end-to-end {e2e:8.1f} img/s  model-only {raw:8.1f} img/s  "
+                  f"efficiency {e2e / raw:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
