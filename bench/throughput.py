@@ -21,7 +21,8 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import Split, load_split
-from train.loop import _autocast, fit, make_optimizer, pick_device, to_input
+from train.infer import to_tensor
+from train.loop import _autocast, fit, make_optimizer, pick_device
 from train.losses import SegLoss
 from train.synthetic import write_dataset
 
@@ -32,7 +33,7 @@ def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.d
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, train_cfg)
     criterion = SegLoss(loss_cfg).to(device)
-    x = to_input(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device)
+    x = to_tensor(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device)
     y = torch.randint(0, 19, (batch, size, size), device=device)
 
     def step():

@@ -28,7 +28,8 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import DataError, Split, load_split
-from train.loop import NonFiniteLoss, fit, pick_device, predict_logits
+from train.infer import predict_logits
+from train.loop import NonFiniteLoss, fit, pick_device
 from train.synthetic import resolve_data
 from train.visual import prediction_grid
 
@@ -104,7 +105,7 @@ class Objective:
 
     def _upload_grid(self, trial: optuna.Trial, model: torch.nn.Module, n: int = 4) -> None:
         images = self.val.images[:n]
-        preds = [lg.argmax(0).to(torch.uint8).cpu().numpy() for lg in predict_logits(model, images, self.device)]
+        preds = list(predict_logits(model, images, self.device).argmax(1).to(torch.uint8).cpu().numpy())
         with tempfile.TemporaryDirectory() as tmp:
             path = prediction_grid(list(images), list(self.val.masks[:n]), preds,
                                    Path(tmp) / f"trial{trial.number}_predictions.png")
@@ -192,6 +193,17 @@ def summary(study: optuna.Study, s: Settings) -> str:
               "retrain: python -m train.final --study best"
               + ("" if s.storage == DEFAULT_STORAGE else f" --storage {s.storage}")]
     return "\n".join(lines)
+
+
+def save_dashboard_note(study: optuna.Study, s: Settings, text: str) -> None:
+    """A markdown note on the study's dashboard page: data, proxy settings, best trials, commands."""
+    import optuna_dashboard
+
+    note = (f"# facenas study `{s.study}`\n\n- data: `{s.data}`\n- proxy: {s.proxy_size} px, {s.proxy_epochs} epochs, "
+            f"{s.subset:.0%} of train, device {s.device}; sampler {s.sampler}, pruner {s.pruner}\n"
+            f"- budget: fewer than {BUDGET:,} parameters\n\n```\n{text}\n```\n\n"
+            f"Each complete trial has a prediction grid artifact (input, ground truth, prediction).\n")
+    optuna_dashboard.save_note(study, note)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -292,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     study = open_study(s)
     print(f"\n{n_finished(study) - finished} trials in {time.time() - t0:.0f} s")
-    print(summary(study, s))
+    text = summary(study, s)
+    save_dashboard_note(study, s, text)
+    print(text)
     return 0
 
 

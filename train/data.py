@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from train.classes import CLASS_NAMES, NUM_CLASSES
+from train.imageops import resize_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
@@ -94,11 +95,10 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8, copy=False)
 
 
-def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return arr
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(arr).resize((size, size), resample, reducing_gap=None if nearest else 2.0))
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    if mask.shape[0] == size and mask.shape[1] == size:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
 @dataclass
@@ -143,9 +143,9 @@ def load_split(root: Path, split: str, size: int | None = None, limit: int | Non
         if size is None and images and img.shape != images[0].shape:
             raise DataError(f"{pair.image}: size {img.shape[1]}x{img.shape[0]} differs from "
                             f"{images[0].shape[1]}x{images[0].shape[0]}; give a training size to resize")
-        images.append(img if size is None else _resize(img, size, nearest=False))
+        images.append(img if size is None else resize_image(img, size))
         if mask is not None:
-            masks.append(mask if size is None else _resize(mask, size, nearest=True))
+            masks.append(mask if size is None else _resize_mask(mask, size))
             if keep_full_masks:
                 full.append(mask)
     if errors:

@@ -21,13 +21,12 @@ from tqdm.auto import tqdm
 
 from space.config import LossConfig, TrainConfig
 from train.augment import train_pipeline
-from train.classes import FLIP_LUT
 from train.data import Split, class_stats
+from train.infer import logits_to_mask, predict_logits, to_tensor
 from train.losses import SegLoss, class_weights
 from train.metric import Scorer
 
 SYNC_EVERY = 10  # steps between host reads of the loss (NaN check, progress)
-MEAN, STD = 0.5, 0.25  # (x / 255 - MEAN) / STD; solution/run.py uses the same constants
 
 
 class NonFiniteLoss(RuntimeError):
@@ -60,30 +59,9 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.pipeline.set_random_seed(info.seed % 2**31)
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(MEAN).div_(STD)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
-
-
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 16,
-                   flip_tta: bool = False):
-    """Yield (H, W, C) float32 logits per image of (N, H, W, 3) uint8 `images` (at model input size)."""
-    model.eval()
-    for i in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[i:i + batch_size]), device)
-        with _autocast(device):
-            logits = model(x).float()
-            if flip_tta:
-                flipped = model(x.flip(3)).float().flip(3)
-                logits = (logits + flipped[:, torch.as_tensor(FLIP_LUT, device=device).long()]) / 2
-        yield from logits
 
 
 @torch.no_grad()
@@ -92,10 +70,10 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax."""
     scorer = Scorer()
     targets = split.full_masks if split.full_masks is not None else list(split.masks)
-    for logits, gt in zip(predict_logits(model, split.images, device, batch_size, flip_tta), targets):
-        if logits.shape[1:] != gt.shape:
-            logits = F.interpolate(logits[None], gt.shape, mode="bilinear", align_corners=False)[0]
-        scorer.add(gt, logits.argmax(0).to(torch.uint8).cpu().numpy())
+    for i in range(0, len(split), batch_size):
+        logits = predict_logits(model, split.images[i:i + batch_size], device, flip_tta)
+        for lg, gt in zip(logits, targets[i:i + batch_size]):
+            scorer.add(gt, logits_to_mask(lg, *gt.shape))
     return scorer
 
 
@@ -169,7 +147,7 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         model.train()
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         for step, (images, masks) in enumerate(loader):
-            x, y = to_input(images, device), masks.to(device, non_blocking=True)
+            x, y = to_tensor(images, device), masks.to(device, non_blocking=True)
             with _autocast(device):
                 out = model(x)
             main, aux = out if isinstance(out, tuple) else (out, None)

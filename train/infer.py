@@ -1,0 +1,117 @@
+"""Inference for one image at a time: preprocessing, prediction at the input image's size, mask files.
+
+This module needs only torch, numpy and pillow: `train.solution` bundles it (with the class table, the configs
+and the network) into the standalone `solution/run.py`, so the shipped runner and this package predict with the
+same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from space.config import ArchConfig
+from space.network import build_model
+from train.classes import FLIP_LUT, PALETTE
+from train.imageops import resize_image
+
+MEAN, STD = 0.5, 0.25  # network input = (x / 255 - MEAN) / STD
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def save_mask(mask: np.ndarray, path: Path) -> None:
+    """Single-channel palette PNG with values 0..18 (the challenge's mask format)."""
+    im = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+    im.putpalette(PALETTE.ravel().tolist())
+    im.save(path)
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
+    x = torch.from_numpy(np.array(images)).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = x.div_(255).sub_(MEAN).div_(STD)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
+                   flip_tta: bool = False) -> torch.Tensor:
+    """(B, H, W, 3) uint8 at model input size -> (B, C, H, W) float32 logits; flip TTA swaps left/right."""
+    model.eval()
+    x = to_tensor(batch, device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(x).float()
+        if flip_tta:
+            flipped = model(x.flip(3)).float().flip(3)
+            logits = (logits + flipped[:, torch.as_tensor(FLIP_LUT, device=device).long()]) / 2
+    return logits
+
+
+def logits_to_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(C, h, w) logits -> (height, width) uint8 labels, upsampling the logits before the argmax."""
+    if logits.shape[1:] != (height, width):
+        logits = F.interpolate(logits[None], (height, width), mode="bilinear", align_corners=False)[0]
+    return logits.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device,
+                 flip_tta: bool = False) -> np.ndarray:
+    """Label map at `image`'s own size: resize to `size`, predict, upsample logits, argmax."""
+    logits = predict_logits(model, resize_image(image, size)[None], device, flip_tta)[0]
+    return logits_to_mask(logits, image.shape[0], image.shape[1])
+
+
+def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """(model, input size) from an exported checkpoint: {"config", "state_dict", "size", "num_classes"}."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(ArchConfig.from_dict(ckpt["config"]), ckpt.get("num_classes", 19)).drop_aux()
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), int(ckpt["size"])
+
+
+def list_images(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python3 run.py --input X.jpg|DIR --output Y.png|DIR --weights ckpt.pth"""
+    p = argparse.ArgumentParser(description="Face parsing: write the label map (0..18) of each input image, "
+                                            "at the image's own size.")
+    p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+    p.add_argument("--output", type=Path, required=True, help="output PNG path, or a folder for a folder input")
+    p.add_argument("--weights", type=Path, required=True, help="checkpoint (ckpt.pth)")
+    p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction (slower)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
+                          else args.device)
+    for path, what in ((args.input, "input"), (args.weights, "weights")):
+        if not path.exists():
+            print(f"error: {what} {path} does not exist", file=sys.stderr)
+            return 2
+    model, size = load_checkpoint(args.weights, device)
+    images = list_images(args.input)
+    if args.input.is_dir():
+        args.output.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        out = args.output / f"{path.stem}.png" if args.input.is_dir() else args.output
+        save_mask(predict_mask(model, load_rgb(path), size, device, args.flip_tta), out)
+    print(f"wrote {len(images)} mask(s) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
