@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_cli
+from PIL import Image
+
+from space.config import BUDGET
+from train.submission import check_zip
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """A finished 2-trial search on the tiny synthetic set."""
+    work = tmp_path_factory.mktemp("final")
+    storage = f"sqlite:///{work / 's.db'}"
+    res = run_cli("search.run", "--trials", "2", "--data", str(tiny_data), "--storage", storage, "--study", "t",
+                  "--artifact-dir", str(work / "art"), "--proxy-size", "32", "--proxy-epochs", "1",
+                  "--pruner", "none", "--device", "cpu", cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return work, storage
+
+
+def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_path):
+    work, storage = searched
+    out = work / "out"
+    res = run_cli("train.final", "--study", "best", "--storage", storage, "--data", str(tiny_data),
+                  "--epochs", "2", "--size", "32", "--out", str(out), "--device", "cpu", cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "report.md").read_text().count("val F-measure") == 1
+    ckpt = torch.load(out / "ckpt.pth", weights_only=True)
+    assert ckpt["params"] < BUDGET and ckpt["params"] == sum(v.numel() for k, v in ckpt["state_dict"].items()
+                                                             if not k.endswith(("running_mean", "running_var",
+                                                                                "num_batches_tracked")))
+    images = tiny_data / "test" / "images"
+    assert check_zip(out / "submission.zip", images) == []
+    checked = run_cli("train.submission", "check", str(out / "submission.zip"), "--images", str(images))
+    assert checked.returncode == 0, checked.stderr
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert {n.split("/")[0] for n in z.namelist()} == {"masks", "solution"}
+        z.extractall(tmp_path / "unzipped")
+    solution = tmp_path / "unzipped" / "solution"
+    source = (solution / "run.py").read_text()
+    assert "from space." not in source and "from train." not in source
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for img in sorted(images.iterdir()):
+        target = tmp_path / f"{img.stem}.png"
+        run = subprocess.run([sys.executable, "run.py", "--input", str(img), "--output", str(target),
+                              "--weights", "ckpt.pth", "--device", "cpu"], cwd=solution, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        ours = np.asarray(Image.open(target))
+        shipped = np.asarray(Image.open(out / "masks" / f"{img.stem}.png"))
+        assert ours.shape == Image.open(img).size[::-1]
+        assert np.array_equal(ours, shipped)
+
+
+def test_predict_cli_writes_masks_and_overlays(searched, tiny_data, tmp_path):
+    work, storage = searched
+    out = work / "out_predict"
+    res = run_cli("train.final", "--storage", storage, "--data", str(tiny_data), "--epochs", "1", "--size", "32",
+                  "--out", str(out), "--device", "cpu", cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pred = run_cli("train.predict", "--weights", str(out / "ckpt.pth"), "--input", str(tiny_data / "test" / "images"),
+                   "--output", str(tmp_path / "p"), "--overlay", "--flip-tta")
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert len(list((tmp_path / "p").glob("*_overlay.jpg"))) == 4
+    mask = np.asarray(Image.open(next((tmp_path / "p").glob("test_*[0-9].png"))))
+    assert mask.shape == (64, 64) and mask.max() <= 18
+
+
+def test_interrupted_final_resumes_from_its_checkpoint(searched, tiny_data):
+    work, storage = searched
+    out = work / "out_resume"
+    args = [sys.executable, "-m", "train.final", "--storage", storage, "--data", str(tiny_data), "--epochs", "12",
+            "--size", "32", "--out", str(out), "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(out / "last.pth", weights_only=True)["epoch"]
+    assert 1 <= saved < 12, "the run was not interrupted mid-training"
+    res = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from {out / 'last.pth'} at epoch {saved}/12" in res.stdout
+    final = torch.load(out / "last.pth", weights_only=True)
+    assert final["epoch"] == 12 and [h["epoch"] for h in final["history"]] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--study", "nope"], "study 'nope' not found; available: t"),
+    (["--trial", "99", "--study", "t"], "trial 99 not found"),
+])
+def test_bad_choices_are_named(searched, tiny_data, args, message):
+    work, storage = searched
+    res = run_cli("train.final", "--storage", storage, "--data", str(tiny_data), *args, cwd=work)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_submission_checker_names_problems(tmp_path, tiny_data):
+    images = tiny_data / "test" / "images"
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("extra/readme.txt", "x")
+        first = sorted(images.iterdir())[0]
+        buf = tmp_path / "m.png"
+        Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(buf)
+        z.write(buf, f"masks/{first.stem}.png")
+    problems = check_zip(bad, images)
+    text = "\n".join(problems)
+    assert "unexpected entries at the zip root: extra" in text
+    assert "solution/ lacks ckpt.pth, run.py, requirements.txt" in text
+    assert "test images without a mask (3)" in text and "mode RGB" in text
+    res = run_cli("train.submission", "check", str(bad), "--images", str(images))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_accepted_dev_phase_fixture_passes(tmp_path):
+    fixture = REPO.parent / "shared" / "fixtures" / "dev-phase-accepted-submission.zip"
+    images = REPO.parent / "shared" / "data" / "celebamask-mini" / "test" / "images"
+    if not fixture.exists() or not images.is_dir():
+        pytest.skip(f"shared fixture or test images absent ({fixture}, {images})")
+    assert check_zip(fixture, images, phase="dev") == []

@@ -1,0 +1,285 @@
+"""`python -m train.final --study best`: retrain the best architecture at full fidelity, predict the test set
+and write a checked challenge submission.
+
+The trial's params are replayed through the same `space.sample.sample_config` (`optuna.trial.FixedTrial`), so
+search and retraining cannot drift apart. Every epoch is checkpointed to OUT/last.pth; re-running the same
+command after an interruption resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from search.storage import DEFAULT_STORAGE, StorageError, open_storage
+from space.budget import count_params
+from space.config import BUDGET, ArchConfig, LossConfig, TrainConfig
+from space.network import build_model
+from space.sample import sample_config
+from train.data import DataError, Split, list_split, load_split
+from train.infer import load_rgb, predict_mask, save_mask
+from train.loop import FitResult, evaluate, fit, pick_device
+from train.metric import Scorer
+from train.solution import write_solution
+from train.synthetic import resolve_data
+
+CPU_DEFAULTS, CUDA_DEFAULTS = {"size": 128, "epochs": 40}, {"size": 512, "epochs": 60}
+
+
+class FinalError(ValueError):
+    """A problem that stops the retraining, with a one-line message."""
+
+
+@dataclass
+class Chosen:
+    study: str
+    trial: optuna.trial.FrozenTrial
+
+
+def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int | None) -> Chosen:
+    """The trial to retrain: `--trial N` of a study, the best of a study, or the best over all studies."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if not names:
+        raise FinalError("the storage holds no studies; run `python -m search.run` first")
+    if study != "best" and study not in names:
+        raise FinalError(f"study {study!r} not found; available: {', '.join(sorted(names))}")
+    candidates = names if study == "best" else [study]
+    if number is not None:
+        if study == "best" and len(names) > 1:
+            raise FinalError(f"--trial needs --study NAME (studies: {', '.join(sorted(names))})")
+        trials = optuna.load_study(study_name=candidates[0], storage=storage).trials
+        if not 0 <= number < len(trials) or not trials[number].params:
+            raise FinalError(f"trial {number} not found (or has no params) in study {candidates[0]!r}")
+        return Chosen(candidates[0], trials[number])
+    best: Chosen | None = None
+    for name in candidates:
+        done = optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in done:
+            if best is None or t.value > best.trial.value:
+                best = Chosen(name, t)
+    if best is None:
+        raise FinalError(f"no finished trial in {', '.join(candidates)}; let the search complete a trial first")
+    return best
+
+
+def replay(trial: optuna.trial.FrozenTrial) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+    fixed = optuna.trial.FixedTrial(trial.params)
+    arch, loss_cfg, train_cfg = sample_config(fixed)
+    stored = trial.user_attrs.get("params")
+    if stored is not None and stored != fixed.user_attrs["params"]:
+        raise FinalError(f"trial {trial.number} replays to {fixed.user_attrs['params']} params, but the study "
+                         f"recorded {stored}: the search space changed since the search")
+    return arch, loss_cfg, train_cfg
+
+
+def describe_arch(arch: ArchConfig) -> str:
+    stages = ", ".join(f"{s.depth}x {s.block}{'(e' + str(s.expansion) + ')' if s.block == 'ir' else ''} "
+                       f"k{s.kernel}{' SE' if s.se else ''} w{s.width}" for s in arch.stages)
+    skips = " + ".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4)) if on) or "none"
+    ctx = {"aspp": f"ASPP rates {'/'.join(map(str, arch.context_rates))}", "ppm": "pyramid pooling",
+           "none": "1x1 conv"}[arch.context]
+    return (f"stem w{arch.stem_width}; stages: {stages}; output stride {arch.output_stride} "
+            f"(dilations {'/'.join(map(str, arch.dilations))}); context: {ctx}, width {arch.context_width}; "
+            f"decoder skips {skips}, width {arch.decoder_width}, depth {arch.decoder_depth}"
+            f"{'; detail path w' + str(arch.detail_width) if arch.detail_width else ''}; {arch.activation}"
+            f"{'; auxiliary head in training (not exported)' if arch.aux_head else ''}")
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise FinalError(f"output folder {folder} is not writable ({e.strerror})") from None
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ev = [h for h in history if "val_f" in h]
+    ax2 = ax.twinx()
+    ax2.plot([h["epoch"] for h in ev], [h["val_f"] for h in ev], "o-", color="tab:orange", label="val F")
+    ax2.set_ylabel("val F-measure")
+    fig.legend(loc="lower center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, scorer: Scorer, result: FitResult,
+                 args: argparse.Namespace, size: int, epochs: int) -> None:
+    _curve(result.history, out / "training_curve.png")
+    held_out = "" if not args.include_val else " (not held out: --include-val trained on it)"
+    text = f"""# Final model: study {chosen.study!r}, trial {chosen.trial.number}
+
+- parameters: {params:,} ({params / BUDGET:.1%} of the {BUDGET:,} limit; auxiliary head not exported)
+- trained: {epochs} epochs at {size} px on {'train + val' if args.include_val else 'train'}; proxy F of the trial
+  {chosen.trial.value if chosen.trial.value is not None else float('nan'):.4f}
+- **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
+  mask resolution before the argmax; mIoU {scorer.miou():.4f}
+
+## Architecture
+{describe_arch(arch)}
+
+## Per-class F1 on val
+```
+{scorer.table()}
+```
+
+## Training curve
+![training curve](training_curve.png)
+"""
+    (out / "report.md").write_text(text)
+
+
+def predict_test(model: torch.nn.Module, data: Path, size: int, device: torch.device, masks_dir: Path) -> int:
+    try:
+        images = list_split(data, "test")
+    except DataError:
+        return 0
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    for pair in images:
+        save_mask(predict_mask(model, load_rgb(pair.image), size, device), masks_dir / f"{pair.image.stem}.png")
+    return len(images)
+
+
+def write_zip(out: Path) -> Path:
+    path, tmp = out / "submission.zip", out / "submission.zip.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for sub in ("masks", "solution"):
+            for f in sorted((out / sub).iterdir()):
+                z.write(f, f"{sub}/{f.name}")
+    os.replace(tmp, path)
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.final", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", default="best", help="study name, or 'best' for the best trial over all studies")
+    p.add_argument("--trial", type=int, default=None, help="retrain this trial number instead of the best")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default as in search.run)")
+    p.add_argument("--size", type=int, default=None, help="training resolution (default 512 on CUDA, 128 on CPU)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 60 on CUDA, 40 on CPU)")
+    p.add_argument("--include-val", action="store_true", help="fit on train + val (once the schedule is chosen)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/final)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    defaults = CUDA_DEFAULTS if cuda else CPU_DEFAULTS
+    size, epochs = args.size or defaults["size"], args.epochs or defaults["epochs"]
+    if size < 32 or epochs < 1:
+        raise FinalError(f"--size must be >= 32 and --epochs >= 1, got {size} and {epochs}")
+    if not cuda and args.size is None:
+        print(f"note: no CUDA device; training at {size} px for {epochs} epochs on the CPU "
+              f"(the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
+    storage = open_storage(args.storage, heartbeat=False)
+    chosen = choose_trial(storage, args.study, args.trial)
+    arch, loss_cfg, train_cfg = replay(chosen.trial)
+    out = args.out or Path("studies") / chosen.study / "final"
+    _writable(out)
+    data = resolve_data(args.data)
+    train = load_split(data, "train", size=size)
+    val = load_split(data, "val", size=size, keep_full_masks=True)
+    if args.include_val:
+        train = Split("train+val", train.stems + val.stems, np.concatenate([train.images, val.images]),
+                      np.concatenate([train.masks, val.masks]), None, train.sizes + val.sizes)
+    print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
+          f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; output {out}", flush=True)
+    model = build_model(arch)
+    identity = {"config": arch.to_dict(), "size": size, "epochs": epochs, "include_val": args.include_val,
+                "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict()}
+    last, state = out / "last.pth", None
+    if last.exists():
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        mismatched = [k for k in identity if saved.get(k) != identity[k]]
+        if mismatched:
+            raise FinalError(f"{last} is a checkpoint of another run (differs in {', '.join(mismatched)}); "
+                             f"use another --out or delete it")
+        model.load_state_dict(saved["model"])
+        state = saved
+        print(f"resuming from {last} at epoch {saved['epoch']}/{epochs}", flush=True)
+
+    def checkpoint(epoch: int, train_state: dict) -> None:
+        _save_atomic({**identity, **train_state, "model": model.state_dict(),
+                      "trial": {"study": chosen.study, "number": chosen.trial.number}}, last)
+
+    workers = args.workers if args.workers is not None else (6 if cuda else 0)
+    if state is not None and state["epoch"] >= epochs:
+        result = FitResult(history=state["history"], epochs_run=epochs)
+    else:
+        result = fit(model, train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
+                     eval_every=max(1, epochs // 10), workers=workers, seed=args.seed, state=state,
+                     on_epoch_end=checkpoint, desc="final")
+    model.drop_aux()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if params >= BUDGET:
+        raise FinalError(f"exported model has {params:,} parameters; the limit is < {BUDGET:,}: not exported")
+    ckpt = out / "ckpt.pth"
+    _save_atomic({"config": arch.to_dict(), "state_dict": model.state_dict(), "size": size, "num_classes": 19,
+                  "params": params}, ckpt)
+    scorer = evaluate(model, val, device)
+    write_report(out, chosen, arch, params, scorer, result, args, size, epochs)
+    n_test = predict_test(model, data, size, device, out / "masks")
+    write_solution(out / "solution", ckpt)
+    print(f"val F-measure {scorer.f_measure:.4f}; report {out / 'report.md'}")
+    if n_test:
+        path = write_zip(out)
+        from train.submission import check_zip
+
+        problems = check_zip(path, data / "test" / "images", phase="final")
+        if problems:
+            raise FinalError(f"{path} failed the submission check: {problems[0]}")
+        print(f"{n_test} test masks in {out / 'masks'}; submission {path} (checked)")
+    else:
+        print(f"no test images under {data / 'test' / 'images'}: no submission.zip written")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FinalError, DataError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last finished epoch is saved; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
