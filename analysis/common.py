@@ -1,0 +1,23 @@
+"""Small helpers shared by the analysis commands."""
+
+from __future__ import annotations
+
+import optuna
+from scipy import stats
+
+
+def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def rank_correlations(proxy: list[float], full: list[float]) -> tuple[float, float]:
+    """(Kendall tau, Spearman rho) between proxy and full-fidelity scores."""
+    return float(stats.kendalltau(proxy, full).statistic), float(stats.spearmanr(proxy, full).statistic)
+
+
+ATTR = "full_fidelity"  # study user attr: {trial number: {"f", "epochs", "size"}}
+
+
+def recorded(study: optuna.Study) -> dict[int, float]:
+    """Trial number -> full-fidelity F stored in the study by `analysis.fidelity`."""
+    return {int(n): v["f"] for n, v in (study.user_attrs.get(ATTR) or {}).items()}

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from analysis.common import ATTR, rank_correlations
+from analysis.fidelity import spread_across_ranking
+from analysis.report import write_report
+from conftest import run_cli
+from search.storage import open_storage
+from space.presets import PRESETS
+from space.sample import sample_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SECTIONS = ("Optimization history", "Parameter importances", "F-measure vs parameters and FLOPs",
+            "Per-class F of the top 10 trials", "Learning curves", "Pruning", "Proxy vs full fidelity")
+
+
+def planted_study(storage: str, n: int = 20, full_f=lambda proxy: proxy, artifact=None) -> optuna.Study:
+    """A study of real sampled configs with made-up scores (no training): some complete, some pruned."""
+    study = optuna.create_study(study_name="planted", storage=open_storage(storage, heartbeat=False),
+                                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("proxy", {"size": 64, "epochs": 6, "subset": 0.5, "device": "cpu"})
+    rng = np.random.default_rng(0)
+    full = {}
+    for i in range(n):
+        trial = study.ask()
+        sample_config(trial)
+        quality = rng.uniform(0.2, 0.8)
+        steps = 6 if i % 3 else 2
+        for epoch in range(1, steps + 1):
+            trial.report(quality * epoch / 6, epoch)
+        trial.set_user_attr("flops", int(rng.uniform(1e8, 5e8)))
+        trial.set_user_attr("per_class_f", [float(v) for v in rng.uniform(0, 1, 19)])
+        if artifact is not None and i == 1:
+            artifact(trial)
+        if steps == 6:
+            study.tell(trial, quality)
+            full[str(trial.number)] = {"f": full_f(quality), "epochs": 40, "size": 128}
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    study.set_user_attr(ATTR, full)
+    return study
+
+
+def test_report_has_every_section_offline_and_csv_rows(tmp_path):
+    study = planted_study(f"sqlite:///{tmp_path / 's.db'}")
+    index = write_report(study, tmp_path / "report", progress=False)
+    page = index.read_text()
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the report must not load remote files"
+    for src in re.findall(r'src="([^"]+)"', page):
+        assert (tmp_path / "report" / src).stat().st_size > 1000
+    rows = (tmp_path / "report" / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(study.trials)
+    assert "Kendall &tau; = 1.000" in page
+
+
+def test_report_cli_names_a_missing_study(tmp_path):
+    planted_study(f"sqlite:///{tmp_path / 's.db'}", n=3)
+    res = run_cli("analysis.report", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert res.returncode == 2 and "available: planted" in res.stderr
+
+
+def test_fidelity_correlations_on_planted_cases():
+    proxy = [0.1, 0.3, 0.5, 0.7, 0.9]
+    assert rank_correlations(proxy, [p * 2 for p in proxy]) == pytest.approx((1.0, 1.0))
+    assert rank_correlations(proxy, [1 - p for p in proxy]) == pytest.approx((-1.0, -1.0))
+
+
+def test_fidelity_picks_spread_from_best_to_median(tmp_path):
+    study = planted_study(f"sqlite:///{tmp_path / 's.db'}", n=30)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ranked = sorted(done, key=lambda t: -t.value)
+    picks = spread_across_ranking(done, 4)
+    assert picks[0].number == ranked[0].number
+    assert picks[-1].number == ranked[(len(ranked) - 1) // 2].number and len(picks) == 4
+
+
+def test_fidelity_cli_retrains_and_records(tmp_path, tiny_data):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="f", storage=open_storage(storage, heartbeat=False),
+                                direction="maximize")
+    for value, name in zip((0.3, 0.2, 0.1), sorted(PRESETS)):
+        study.enqueue_trial(PRESETS[name])
+        trial = study.ask()
+        sample_config(trial)
+        study.tell(trial, value)
+    res = run_cli("analysis.fidelity", "--study", "f", "--k", "2", "--epochs", "1", "--size", "32",
+                  "--storage", storage, "--data", str(tiny_data), "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.search(r"kendall_tau=-?[0-9.]+ spearman_rho=-?[0-9.]+ trials=2", res.stdout)
+    stored = optuna.load_study(study_name="f", storage=storage).user_attrs[ATTR]
+    assert set(stored) == {"0", "1"} and all(0 <= v["f"] <= 1 for v in stored.values())
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """optuna-dashboard served in-process on 127.0.0.1, over a study with an artifact."""
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    store = FileSystemArtifactStore(str(tmp_path / "art"))
+    (tmp_path / "art").mkdir()
+    png = tmp_path / "grid.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    study = planted_study(storage, n=6, artifact=lambda trial: upload_artifact(
+        artifact_store=store, file_path=str(png), study_or_trial=trial))
+    app = optuna_dashboard.wsgi(storage, artifact_store=store)
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", study
+    server.shutdown()
+
+
+def test_dashboard_api_lists_study_trials_attrs_and_artifacts(dashboard):
+    base, study = dashboard
+    summaries = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=30))["study_summaries"]
+    ours = [s for s in summaries if s["study_name"] == "planted"]
+    assert len(ours) == 1
+    detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{ours[0]['study_id']}", timeout=30))
+    trials = detail["trials"]
+    assert len(trials) == len(study.trials)
+    attrs = {a["key"] for a in trials[1]["user_attrs"]}
+    assert {"params", "utilisation", "flops", "per_class_f"} <= attrs
+    assert len(trials[1]["artifacts"]) == 1
+
+
+def test_dashboard_page_in_headless_chromium(dashboard, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (Debian package 'chromium'; .ci/run installs it where it can)")
+    base, study = dashboard
+    shot = tmp_path / "dashboard.png"
+    res = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+                          "--virtual-time-budget=8000", f"--screenshot={shot}", f"{base}/dashboard/studies/1"],
+                         capture_output=True, text=True, timeout=120)
+    assert shot.exists(), res.stderr[-2000:]
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (900, 1280) and image.std() > 5  # something was drawn, not a blank page
