@@ -35,7 +35,7 @@ from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
 DEFAULTS = {  # per device type: proxy size, epochs, train subset, DataLoader workers
-    "cpu": dict(proxy_size=64, proxy_epochs=6, subset=0.5, loader_workers=0),
+    "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, loader_workers=0),
     "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, loader_workers=6),
 }
 
@@ -219,9 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "to a JournalFileBackend file")
     p.add_argument("--proxy-size", type=int, default=None, help="proxy training resolution in px "
                    "(default 64 on CPU, 256 on CUDA)")
-    p.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy run (default 6 CPU, 12 CUDA)")
+    p.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy run (default 4 CPU, 12 CUDA)")
     p.add_argument("--subset", type=float, default=None,
-                   help="fraction of the training split used by proxies (default 0.5 CPU, 1.0 CUDA)")
+                   help="fraction of the training split used by proxies (default 0.4 CPU, 1.0 CUDA)")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
     p.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
                    help="Optuna pruner, stepped per proxy epoch")
