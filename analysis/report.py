@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/report)")
     args = p.parse_args(argv)
     try:
-        storage = open_storage(args.storage, heartbeat=False)
+        storage = open_storage(args.storage, heartbeat=None, must_exist=True)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         if args.study not in names:
             raise StorageError(f"study {args.study!r} not found; available: {', '.join(sorted(names)) or 'none'}")

@@ -11,6 +11,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.storage import DEFAULT_STORAGE, StorageError, is_sqlite, open_storage
+from search.storage import DEFAULT_STORAGE, HEARTBEAT_S, StorageError, is_sqlite, open_storage
 from space.config import BUDGET
 from space.network import build_model
 from space.presets import PRESETS
@@ -54,6 +55,7 @@ class Settings:
     seed: int
     device: str
     loader_workers: int
+    heartbeat: float = HEARTBEAT_S
 
 
 def count_flops(model: torch.nn.Module, size: int) -> int:
@@ -81,6 +83,7 @@ class Objective:
         model = build_model(arch)
         trial.set_user_attr("flops", count_flops(build_model(arch).drop_aux(), s.proxy_size))
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("arch", arch.to_dict())
 
         def report(epoch: int, record: dict) -> None:
@@ -131,7 +134,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(s: Settings) -> optuna.Study:
-    storage = open_storage(s.storage)
+    storage = open_storage(s.storage, heartbeat=s.heartbeat)
     # offset the seed by the trials already stored, so a resumed study does not replay the same proposals
     try:
         stored = len(optuna.load_study(study_name=s.study, storage=storage).trials)
@@ -232,6 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of proxy training")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+                   help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
+                        "beats (its worker was killed) is marked FAIL and retried once")
     return p.parse_args(argv)
 
 
@@ -244,7 +250,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         artifact_dir=args.artifact_dir or Path("studies/artifacts"),
         proxy_size=args.proxy_size or d["proxy_size"], proxy_epochs=args.proxy_epochs or d["proxy_epochs"],
         subset=args.subset or d["subset"], sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-        device=str(device), loader_workers=d["loader_workers"])
+        device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -261,6 +267,8 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < (32 if name == "proxy_size" else 1):
             raise ValueError(f"--{name.replace('_', '-')} too small: {value}")
+    if args.heartbeat <= 0:
+        raise ValueError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be > 0, got {args.timeout}")
 
@@ -270,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate(args)
         s = settings_from_args(args)
-        s.artifact_dir.mkdir(parents=True, exist_ok=True)
-        load_split(s.data, "val", limit=1)  # fail fast on a bad folder before any worker starts
+        for split in ("train", "val"):  # fail fast on a bad folder, before anything is written
+            load_split(s.data, split)
         study = open_study(s)
     except (ValueError, DataError, StorageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

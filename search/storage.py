@@ -11,7 +11,7 @@ from optuna.storages.journal import JournalFileBackend
 
 DEFAULT_STORAGE = "sqlite:///studies/facenas.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
-HEARTBEAT_S, GRACE_S = 30, 90
+HEARTBEAT_S = 30  # seconds between heartbeats of a running trial; stale after 3 missed
 
 
 class StorageError(ValueError):
@@ -22,29 +22,41 @@ def is_sqlite(spec: str) -> bool:
     return spec.startswith("sqlite:")
 
 
-def open_storage(spec: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """RDB URL (sqlite:///..., postgresql+psycopg://...) with heartbeats that fail a killed worker's trial and
-    retry it once; any other string is a JournalFileBackend file path."""
+def open_storage(spec: str, *, heartbeat: float | None = HEARTBEAT_S,
+                 must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """RDB URL (sqlite:///..., postgresql+psycopg://...) or a plain path to a JournalFileBackend file.
+
+    On an RDB, `heartbeat` seconds between beats (None: off): a worker killed mid-trial leaves a RUNNING trial
+    whose beats stop; after a grace of 3 beats the next worker marks it FAIL and retries it once. With
+    `must_exist` (commands that only read a study) a missing SQLite or journal file is an error, not created.
+    """
     if "://" in spec:
         scheme = spec.split("://", 1)[0].split("+", 1)[0]
         if scheme not in RDB_SCHEMES:
             raise StorageError(f"unknown storage scheme {scheme!r} in {spec!r}; expected sqlite:///FILE, "
                                f"postgresql+psycopg://USER:PASS@HOST/DB, or a plain path to a journal file")
         if scheme == "sqlite":
-            path = Path(spec.split(":///", 1)[-1])
-            _writable_dir(path.parent)
+            _check_file(Path(spec.split(":///", 1)[-1]), must_exist)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)
-                              ) if heartbeat else {}
+                kwargs = {"heartbeat_interval": int(max(1, heartbeat)), "grace_period": int(max(1, 3 * heartbeat)),
+                          "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)
+                          } if heartbeat else {}
                 return RDBStorage(spec, **kwargs)
-        except Exception as e:  # SQLAlchemy raises many kinds; all mean "cannot open"
+        except Exception as e:  # SQLAlchemy and the drivers raise many kinds; all mean "cannot open"
             raise StorageError(f"cannot open storage {spec!r}: {str(e).splitlines()[0]}") from None
     path = Path(spec)
-    _writable_dir(path.parent)
+    _check_file(path, must_exist)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _check_file(path: Path, must_exist: bool) -> None:
+    if must_exist:
+        if not path.is_file():
+            raise StorageError(f"no study storage at {path}; run `python -m search.run` first or pass --storage")
+    else:
+        _writable_dir(path.parent)
 
 
 def _writable_dir(folder: Path) -> None:

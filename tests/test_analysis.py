@@ -6,18 +6,17 @@ import shutil
 import subprocess
 import threading
 import urllib.request
-from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import numpy as np
 import optuna
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from analysis.common import ATTR, rank_correlations
 from analysis.fidelity import spread_across_ranking
 from analysis.report import write_report
-from conftest import run_cli
 from search.storage import open_storage
 from space.presets import PRESETS
 from space.sample import sample_config
@@ -29,7 +28,7 @@ SECTIONS = ("Optimization history", "Parameter importances", "F-measure vs param
 
 def planted_study(storage: str, n: int = 20, full_f=lambda proxy: proxy, artifact=None) -> optuna.Study:
     """A study of real sampled configs with made-up scores (no training): some complete, some pruned."""
-    study = optuna.create_study(study_name="planted", storage=open_storage(storage, heartbeat=False),
+    study = optuna.create_study(study_name="planted", storage=open_storage(storage, heartbeat=None),
                                 direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr("proxy", {"size": 64, "epochs": 6, "subset": 0.5, "device": "cpu"})
     rng = np.random.default_rng(0)
@@ -91,7 +90,7 @@ def test_fidelity_picks_spread_from_best_to_median(tmp_path):
 
 def test_fidelity_cli_retrains_and_records(tmp_path, tiny_data):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(study_name="f", storage=open_storage(storage, heartbeat=False),
+    study = optuna.create_study(study_name="f", storage=open_storage(storage, heartbeat=None),
                                 direction="maximize")
     for value, name in zip((0.3, 0.2, 0.1), sorted(PRESETS)):
         study.enqueue_trial(PRESETS[name])

@@ -20,7 +20,7 @@ def search_args(data: Path, storage: str, art: Path, trials: int, *extra: str) -
 
 
 def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="t", storage=open_storage(storage, heartbeat=False))
+    return optuna.load_study(study_name="t", storage=open_storage(storage, heartbeat=None))
 
 
 def test_three_trial_search_then_resume(tiny_data, tmp_path):

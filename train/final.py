@@ -94,14 +94,15 @@ def describe_arch(arch: ArchConfig) -> str:
             f"{'; auxiliary head in training (not exported)' if arch.aux_head else ''}")
 
 
-def _writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise FinalError(f"output folder {folder} is not writable ({e.strerror})") from None
+def _check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, without creating anything yet."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FinalError(f"output folder {folder} is not writable ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FinalError(f"output folder {folder} is not writable (no write permission on {existing})")
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -204,11 +205,13 @@ def run(args: argparse.Namespace) -> Path:
     if not cuda and args.size is None:
         print(f"note: no CUDA device; training at {size} px for {epochs} epochs on the CPU "
               f"(the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
-    storage = open_storage(args.storage, heartbeat=False)
+    if args.out is not None:
+        _check_writable(args.out)
+    storage = open_storage(args.storage, heartbeat=None, must_exist=True)
     chosen = choose_trial(storage, args.study, args.trial)
     arch, loss_cfg, train_cfg = replay(chosen.trial)
     out = args.out or Path("studies") / chosen.study / "final"
-    _writable(out)
+    _check_writable(out)
     data = resolve_data(args.data)
     train = load_split(data, "train", size=size)
     val = load_split(data, "val", size=size, keep_full_masks=True)
@@ -217,6 +220,7 @@ def run(args: argparse.Namespace) -> Path:
                       np.concatenate([train.masks, val.masks]), None, train.sizes + val.sizes)
     print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
           f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; output {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     model = build_model(arch)
     identity = {"config": arch.to_dict(), "size": size, "epochs": epochs, "include_val": args.include_val,
                 "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict()}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from space.config import ArchConfig
+from space.config import BUDGET, ArchConfig
 from space.network import build_model
 from train.classes import FLIP_LUT, PALETTE
 from train.imageops import resize_image
@@ -74,9 +74,17 @@ def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int, device: t
 
 def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
     """(model, input size) from an exported checkpoint: {"config", "state_dict", "size", "num_classes"}."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+    if not isinstance(ckpt, dict) or not {"config", "state_dict", "size"} <= set(ckpt):
+        raise ValueError(f"{path}: not an exported facenas checkpoint (expected keys config, state_dict, size)")
     model = build_model(ArchConfig.from_dict(ckpt["config"]), ckpt.get("num_classes", 19)).drop_aux()
-    model.load_state_dict(ckpt["state_dict"])
+    params = sum(p.numel() for p in model.parameters())
+    if params >= BUDGET:
+        raise ValueError(f"{path}: its network has {params:,} parameters; the limit is < {BUDGET:,}")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match the checkpoint's config ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), int(ckpt["size"])
 
 
@@ -102,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
-    model, size = load_checkpoint(args.weights, device)
+    try:
+        model, size = load_checkpoint(args.weights, device)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     images = list_images(args.input)
     if args.input.is_dir():
         args.output.mkdir(parents=True, exist_ok=True)

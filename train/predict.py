@@ -4,6 +4,7 @@ label PNGs at each input image's size, and optionally colour overlays a person c
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     try:
         model, size = load_checkpoint(args.weights, device)
-    except (KeyError, RuntimeError, ValueError, OSError) as e:
-        print(f"error: {args.weights} is not a facenas checkpoint ({str(e).splitlines()[0]})", file=sys.stderr)
+    except (ValueError, OSError, pickle.UnpicklingError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     for path in images:
