@@ -11,7 +11,10 @@ def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def rank_correlations(proxy: list[float], full: list[float]) -> tuple[float, float]:
-    """(Kendall tau, Spearman rho) between proxy and full-fidelity scores."""
+    """(Kendall tau, Spearman rho) between proxy and full-fidelity scores; NaN when either side is constant
+    (a ranking with all ties says nothing)."""
+    if len(set(proxy)) < 2 or len(set(full)) < 2:
+        return float("nan"), float("nan")
     return float(stats.kendalltau(proxy, full).statistic), float(stats.spearmanr(proxy, full).statistic)
 
 

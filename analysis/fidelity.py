@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 
 from analysis.common import ATTR, complete_trials, rank_correlations, recorded
-from search.storage import DEFAULT_STORAGE, StorageError, open_storage
+from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.network import build_model
 from train.data import DataError, load_split
 from train.final import FinalError, replay
@@ -45,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --k must be >= 2 to rank anything, got {args.k}", file=sys.stderr)
         return 2
     try:
-        storage = open_storage(args.storage, heartbeat=None, must_exist=True)
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        if args.study not in names:
-            raise StorageError(f"study {args.study!r} not found; available: {', '.join(sorted(names)) or 'none'}")
-        study = optuna.load_study(study_name=args.study, storage=storage)
+        study = load_existing_study(args.storage, args.study)
         picks = spread_across_ranking(complete_trials(study), args.k)
         if len(picks) < 2:
             raise FinalError(f"study {args.study!r} has too few complete trials to compare ({len(picks)})")
@@ -72,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     proxy = {t.number: t.value for t in complete_trials(study)}
     pairs = [(proxy[n], f) for n, f in full.items() if n in proxy]
     tau, rho = rank_correlations([a for a, _ in pairs], [b for _, b in pairs])
+    if tau != tau:
+        print("note: the scores of one side are all equal, so no ranking can be compared (train longer?)")
     print(f"kendall_tau={tau:.3f} spearman_rho={rho:.3f} trials={len(pairs)}")
     return 0
 

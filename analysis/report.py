@@ -24,7 +24,7 @@ import optuna  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from analysis.common import complete_trials, rank_correlations, recorded  # noqa: E402
-from search.storage import DEFAULT_STORAGE, StorageError, open_storage  # noqa: E402
+from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
 
@@ -208,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/report)")
     args = p.parse_args(argv)
     try:
-        storage = open_storage(args.storage, heartbeat=None, must_exist=True)
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        if args.study not in names:
-            raise StorageError(f"study {args.study!r} not found; available: {', '.join(sorted(names)) or 'none'}")
-        study = optuna.load_study(study_name=args.study, storage=storage)
+        study = load_existing_study(args.storage, args.study)
         path = write_report(study, args.out or Path("studies") / args.study / "report")
     except (StorageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -51,6 +51,15 @@ def open_storage(spec: str, *, heartbeat: float | None = HEARTBEAT_S,
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def load_existing_study(spec: str, name: str) -> optuna.Study:
+    """A study that must already exist (commands that read it); the error lists the ones available."""
+    storage = open_storage(spec, heartbeat=None, must_exist=True)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        raise StorageError(f"study {name!r} not found; available: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def _check_file(path: Path, must_exist: bool) -> None:
     if must_exist:
         if not path.is_file():

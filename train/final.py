@@ -23,6 +23,7 @@ from search.storage import DEFAULT_STORAGE, StorageError, open_storage
 from space.budget import count_params
 from space.config import BUDGET, ArchConfig, LossConfig, TrainConfig
 from space.network import build_model
+from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import DataError, Split, list_split, load_split
 from train.infer import load_rgb, predict_mask, save_mask
@@ -69,6 +70,18 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     if best is None:
         raise FinalError(f"no finished trial in {', '.join(candidates)}; let the search complete a trial first")
     return best
+
+
+def preset_trial(name: str) -> Chosen:
+    """A hand-designed preset as a trial (in memory), so baselines go through the same replay as searched nets."""
+    if name not in PRESETS:
+        raise FinalError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(PRESETS[name], user_attrs={"preset": name})
+    trial = study.ask()
+    sample_config(trial)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no proxy score: it was never trained here
+    return Chosen(f"preset-{name}", study.trials[0])
 
 
 def replay(trial: optuna.trial.FrozenTrial) -> tuple[ArchConfig, LossConfig, TrainConfig]:
@@ -138,8 +151,8 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
     text = f"""# Final model: study {chosen.study!r}, trial {chosen.trial.number}
 
 - parameters: {params:,} ({params / BUDGET:.1%} of the {BUDGET:,} limit; auxiliary head not exported)
-- trained: {epochs} epochs at {size} px on {'train + val' if args.include_val else 'train'}; proxy F of the trial
-  {chosen.trial.value if chosen.trial.value is not None else float('nan'):.4f}
+- trained: {epochs} epochs at {size} px on {'train + val' if args.include_val else 'train'}; proxy F of the
+  trial: {'n/a' if chosen.trial.value is None else f"{chosen.trial.value:.4f}"}
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
 
@@ -183,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", default="best", help="study name, or 'best' for the best trial over all studies")
     p.add_argument("--trial", type=int, default=None, help="retrain this trial number instead of the best")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="train a hand-designed preset instead of a searched trial (baselines)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
     p.add_argument("--data", type=Path, default=None, help="dataset root (default as in search.run)")
     p.add_argument("--size", type=int, default=None, help="training resolution (default 512 on CUDA, 128 on CPU)")
@@ -207,8 +222,11 @@ def run(args: argparse.Namespace) -> Path:
               f"(the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     if args.out is not None:
         _check_writable(args.out)
-    storage = open_storage(args.storage, heartbeat=None, must_exist=True)
-    chosen = choose_trial(storage, args.study, args.trial)
+    if args.preset:
+        chosen = preset_trial(args.preset)
+    else:
+        storage = open_storage(args.storage, heartbeat=None, must_exist=True)
+        chosen = choose_trial(storage, args.study, args.trial)
     arch, loss_cfg, train_cfg = replay(chosen.trial)
     out = args.out or Path("studies") / chosen.study / "final"
     _check_writable(out)
