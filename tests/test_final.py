@@ -133,3 +133,19 @@ def test_accepted_dev_phase_fixture_passes(tmp_path):
     if not fixture.exists() or not images.is_dir():
         pytest.skip(f"shared fixture or test images absent ({fixture}, {images})")
     assert check_zip(fixture, images, phase="dev") == []
+
+
+def test_export_refuses_an_over_budget_model(tmp_path):
+    from space.config import ArchConfig, StageConfig
+    from space.network import build_model
+    from train.final import FinalError, export_checkpoint
+
+    huge = ArchConfig(stem_width=32, stages=tuple(StageConfig(w, 2, "res") for w in (64, 128, 256, 384)),
+                      aux_head=True)
+    with pytest.raises(FinalError, match="the limit is < 1,821,085: not exported"):
+        export_checkpoint(build_model(huge), huge, 64, tmp_path / "ckpt.pth")
+    assert not (tmp_path / "ckpt.pth").exists()
+    small = ArchConfig(stem_width=8, stages=tuple(StageConfig(w, 1, "ds") for w in (8, 16, 16, 24)), aux_head=True)
+    params = export_checkpoint(build_model(small), small, 64, tmp_path / "ok.pth")
+    saved = torch.load(tmp_path / "ok.pth", weights_only=True)
+    assert params < BUDGET and not any(k.startswith("aux.") for k in saved["state_dict"])

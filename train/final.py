@@ -124,6 +124,17 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def export_checkpoint(model: torch.nn.Module, arch: ArchConfig, size: int, path: Path) -> int:
+    """Drop the auxiliary head and save {config, weights, size}; refuses (writes nothing) at or over budget."""
+    model.drop_aux()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if params >= BUDGET:
+        raise FinalError(f"exported model has {params:,} parameters; the limit is < {BUDGET:,}: not exported")
+    _save_atomic({"config": arch.to_dict(), "state_dict": model.state_dict(), "size": size, "num_classes": 19,
+                  "params": params}, path)
+    return params
+
+
 def _curve(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -264,13 +275,8 @@ def run(args: argparse.Namespace) -> Path:
         result = fit(model, train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
                      eval_every=max(1, epochs // 10), workers=workers, seed=args.seed, state=state,
                      on_epoch_end=checkpoint, desc="final")
-    model.drop_aux()
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if params >= BUDGET:
-        raise FinalError(f"exported model has {params:,} parameters; the limit is < {BUDGET:,}: not exported")
     ckpt = out / "ckpt.pth"
-    _save_atomic({"config": arch.to_dict(), "state_dict": model.state_dict(), "size": size, "num_classes": 19,
-                  "params": params}, ckpt)
+    params = export_checkpoint(model, arch, size, ckpt)
     scorer = evaluate(model, val, device)
     write_report(out, chosen, arch, params, scorer, result, args, size, epochs)
     n_test = predict_test(model, data, size, device, out / "masks")
