@@ -37,9 +37,11 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
     im.save(path)
 
 
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
-    x = torch.from_numpy(np.array(images)).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if not isinstance(images, torch.Tensor):  # DataLoader batches arrive as tensors already
+        images = torch.from_numpy(np.array(images))  # a copy: decoded PIL arrays are read-only
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     x = x.div_(255).sub_(MEAN).div_(STD)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
 
