@@ -81,7 +81,7 @@ class Objective:
         s = self.s
         arch, loss_cfg, train_cfg = sample_config(trial)
         model = build_model(arch)
-        trial.set_user_attr("flops", count_flops(build_model(arch).drop_aux(), s.proxy_size))
+        trial.set_user_attr("flops", count_flops(model, s.proxy_size))  # eval mode: the aux head does not run
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("arch", arch.to_dict())
