@@ -19,7 +19,8 @@ from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.network import build_model
 from train.data import DataError, load_split
 from train.final import FinalError, replay
-from train.loop import fit, pick_device
+from train.infer import pick_device
+from train.loop import fit
 from train.synthetic import resolve_data
 
 

@@ -21,8 +21,8 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import Split, load_split
-from train.infer import to_tensor
-from train.loop import _autocast, fit, make_optimizer, pick_device
+from train.infer import autocast, pick_device, to_tensor
+from train.loop import fit, make_optimizer
 from train.losses import SegLoss
 from train.synthetic import write_dataset
 
@@ -37,7 +37,7 @@ def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.d
     y = torch.randint(0, 19, (batch, size, size), device=device)
 
     def step():
-        with _autocast(device):
+        with autocast(device):
             out = model(x)
         main = out[0] if isinstance(out, tuple) else out
         loss = criterion(main, y)

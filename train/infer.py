@@ -37,6 +37,20 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
     im.save(path)
 
 
+def pick_device(name: str | None = None) -> torch.device:
+    """`auto` (or None): CUDA when available, else CPU; anything else as torch names it."""
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a disabled context (fp32) elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
     if not isinstance(images, torch.Tensor):  # DataLoader batches arrive as tensors already
@@ -52,7 +66,7 @@ def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.devi
     """(B, H, W, 3) uint8 at model input size -> (B, C, H, W) float32 logits; flip TTA swaps left/right."""
     model.eval()
     x = to_tensor(batch, device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits = model(x).float()
         if flip_tta:
             flipped = model(x.flip(3)).float().flip(3)
@@ -106,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction (slower)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
-                          else args.device)
+    device = pick_device(args.device)
     for path, what in ((args.input, "input"), (args.weights, "weights")):
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from space.config import LossConfig, TrainConfig
 from train.augment import train_pipeline
 from train.data import Split, class_stats
-from train.infer import logits_to_mask, predict_logits, to_tensor
+from train.infer import autocast, logits_to_mask, predict_logits, to_tensor
 from train.losses import SegLoss, class_weights
 from train.metric import Scorer
 
@@ -31,12 +31,6 @@ SYNC_EVERY = 10  # steps between host reads of the loss (NaN check, progress)
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run cannot recover."""
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class AugmentedSplit(Dataset):
@@ -57,11 +51,6 @@ class AugmentedSplit(Dataset):
 def _seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.pipeline.set_random_seed(info.seed % 2**31)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 @torch.no_grad()
@@ -108,6 +97,7 @@ class FitResult:
     epochs_run: int = 0
     seconds: float = 0.0
     train_images_per_s: float = 0.0
+    scorer: Scorer | None = None  # the last evaluation on val
 
 
 def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
@@ -148,7 +138,7 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         for step, (images, masks) in enumerate(loader):
             x, y = to_tensor(images, device), masks.to(device, non_blocking=True)
-            with _autocast(device):
+            with autocast(device):
                 out = model(x)
             main, aux = out if isinstance(out, tuple) else (out, None)
             loss = criterion(main, y)
@@ -178,7 +168,7 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
             scorer = evaluate(model, val, device)
             record["val_f"] = scorer.f_measure
             result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
-            result.final_f = scorer.f_measure
+            result.final_f, result.scorer = scorer.f_measure, scorer
             result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)
             bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", F=f"{result.best_f:.3f}")
         result.history.append(record)

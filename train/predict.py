@@ -10,8 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from train.infer import list_images, load_checkpoint, load_rgb, predict_mask, save_mask
-from train.loop import pick_device
+from train.infer import list_images, load_checkpoint, load_rgb, pick_device, predict_mask, save_mask
 from train.visual import overlay
 
 
