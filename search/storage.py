@@ -51,12 +51,21 @@ def open_storage(spec: str, *, heartbeat: float | None = HEARTBEAT_S,
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+def require_study(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """Refuse a study name the storage does not hold, listing the ones it does."""
+    names = study_names(storage)
+    if name not in names:
+        raise StorageError(f"study {name!r} not found; available: {', '.join(names) or 'none'}")
+
+
 def load_existing_study(spec: str, name: str) -> optuna.Study:
     """A study that must already exist (commands that read it); the error lists the ones available."""
     storage = open_storage(spec, heartbeat=None, must_exist=True)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if name not in names:
-        raise StorageError(f"study {name!r} not found; available: {', '.join(sorted(names)) or 'none'}")
+    require_study(storage, name)
     return optuna.load_study(study_name=name, storage=storage)
 
 
