@@ -29,8 +29,8 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import DataError, Split, load_split
-from train.infer import predict_logits
-from train.loop import NonFiniteLoss, fit, pick_device
+from train.infer import pick_device, predict_logits
+from train.loop import NonFiniteLoss, fit
 from train.synthetic import resolve_data
 from train.visual import prediction_grid
 
@@ -158,12 +158,13 @@ def load_data(s: Settings) -> tuple[Split, Split]:
     return train, val
 
 
-def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | None, threads: int) -> None:
-    """One process's share of the search (also the single-process path)."""
+def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | None, threads: int,
+               data: tuple[Split, Split] | None = None) -> None:
+    """One process's share of the search (also the single-process path, which passes the data it loaded)."""
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    train, val = load_data(s)
+    train, val = data or load_data(s)
     study = open_study(s)
     callbacks = [optuna.study.MaxTrialsCallback(total, states=None)] if total else []
     study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
@@ -278,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate(args)
         s = settings_from_args(args)
-        for split in ("train", "val"):  # fail fast on a bad folder, before anything is written
-            load_split(s.data, split)
+        data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
         study = open_study(s)
     except (ValueError, DataError, StorageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         if args.workers == 1:
-            run_worker(s, args.trials, None, args.timeout, 0)
+            run_worker(s, args.trials, None, args.timeout, 0, data)
         else:
+            del data  # each worker process loads its own copy
             total = finished + args.trials
             threads = max(1, (os.cpu_count() or 1) // args.workers)
             ctx = mp.get_context("spawn")

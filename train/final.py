@@ -19,15 +19,15 @@ import numpy as np
 import optuna
 import torch
 
-from search.storage import DEFAULT_STORAGE, StorageError, open_storage
+from search.storage import DEFAULT_STORAGE, StorageError, open_storage, require_study, study_names
 from space.budget import count_params
 from space.config import BUDGET, ArchConfig, LossConfig, TrainConfig
 from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.data import DataError, Split, list_split, load_split
-from train.infer import load_rgb, predict_mask, save_mask
-from train.loop import FitResult, evaluate, fit, pick_device
+from train.infer import load_rgb, pick_device, predict_mask, save_mask
+from train.loop import FitResult, evaluate, fit
 from train.metric import Scorer
 from train.solution import write_solution
 from train.synthetic import resolve_data
@@ -47,15 +47,15 @@ class Chosen:
 
 def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int | None) -> Chosen:
     """The trial to retrain: `--trial N` of a study, the best of a study, or the best over all studies."""
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = study_names(storage)
     if not names:
         raise FinalError("the storage holds no studies; run `python -m search.run` first")
-    if study != "best" and study not in names:
-        raise FinalError(f"study {study!r} not found; available: {', '.join(sorted(names))}")
+    if study != "best":
+        require_study(storage, study)
     candidates = names if study == "best" else [study]
     if number is not None:
         if study == "best" and len(names) > 1:
-            raise FinalError(f"--trial needs --study NAME (studies: {', '.join(sorted(names))})")
+            raise FinalError(f"--trial needs --study NAME (studies: {', '.join(names)})")
         trials = optuna.load_study(study_name=candidates[0], storage=storage).trials
         if not 0 <= number < len(trials) or not trials[number].params:
             raise FinalError(f"trial {number} not found (or has no params) in study {candidates[0]!r}")
@@ -277,7 +277,8 @@ def run(args: argparse.Namespace) -> Path:
                      on_epoch_end=checkpoint, desc="final")
     ckpt = out / "ckpt.pth"
     params = export_checkpoint(model, arch, size, ckpt)
-    scorer = evaluate(model, val, device)
+    # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
+    scorer = result.scorer or evaluate(model, val, device)
     write_report(out, chosen, arch, params, scorer, result, args, size, epochs)
     n_test = predict_test(model, data, size, device, out / "masks")
     write_solution(out / "solution", ckpt)
