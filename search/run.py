@@ -35,9 +35,9 @@ from train.synthetic import resolve_data
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
-DEFAULTS = {  # per device type: proxy size, epochs, train subset, DataLoader workers
-    "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, loader_workers=0),
-    "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, loader_workers=6),
+DEFAULTS = {  # per device type: proxy size, epochs, train subset, DataLoader workers, FLOPs cap (0 = none)
+    "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, loader_workers=0, flops_cap=1.0),
+    "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, loader_workers=6, flops_cap=0.0),
 }
 
 
@@ -56,6 +56,13 @@ class Settings:
     device: str
     loader_workers: int
     heartbeat: float = HEARTBEAT_S
+    flops_cap: float = 0.0  # prune trials costing more than this multiple of the costliest preset's FLOPs
+
+
+def preset_flops(size: int) -> int:
+    """FLOPs of the most expensive hand-designed preset at `size`: the unit of the search's FLOPs cap."""
+    return max(count_flops(build_model(sample_config(optuna.trial.FixedTrial(p))[0]), size)
+               for p in PRESETS.values())
 
 
 def count_flops(model: torch.nn.Module, size: int) -> int:
@@ -76,6 +83,7 @@ class Objective:
         self.device = pick_device(s.device)
         s.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(str(s.artifact_dir))
+        self.max_flops = s.flops_cap * preset_flops(s.proxy_size) if s.flops_cap else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
@@ -85,6 +93,10 @@ class Objective:
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("arch", arch.to_dict())
+        flops = trial.user_attrs["flops"]
+        if self.max_flops and flops > self.max_flops:
+            trial.set_user_attr("over_flops_cap", True)
+            raise optuna.TrialPruned(f"{flops / 1e6:.0f} MFLOPs > cap {self.max_flops / 1e6:.0f} (--flops-cap)")
 
         def report(epoch: int, record: dict) -> None:
             trial.report(record["val_f"], epoch)
@@ -236,6 +248,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of proxy training")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--flops-cap", type=float, default=None,
+                   help="prune, before training, any trial whose forward pass costs more FLOPs than this multiple "
+                        "of the most expensive preset (0 = no cap; default 1.0 on CPU, where slow nets cannot be "
+                        "retrained in time, 0 on CUDA)")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -251,7 +267,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         artifact_dir=args.artifact_dir or Path("studies/artifacts"),
         proxy_size=args.proxy_size or d["proxy_size"], proxy_epochs=args.proxy_epochs or d["proxy_epochs"],
         subset=args.subset or d["subset"], sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-        device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat)
+        device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat,
+        flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -268,6 +285,8 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < (32 if name == "proxy_size" else 1):
             raise ValueError(f"--{name.replace('_', '-')} too small: {value}")
+    if args.flops_cap is not None and args.flops_cap < 0:
+        raise ValueError(f"--flops-cap must be >= 0 (0 = no cap), got {args.flops_cap}")
     if args.heartbeat <= 0:
         raise ValueError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
     if args.timeout is not None and args.timeout <= 0:
@@ -289,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
     study.set_user_attr("data", str(s.data))
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
-                                  "device": s.device})
+                                  "device": s.device, "flops_cap": s.flops_cap})
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train; device {s.device}; "
+          f"FLOPs cap {f'{s.flops_cap:g}x the costliest preset' if s.flops_cap else 'none'}; "
           f"budget < {BUDGET:,} params", flush=True)
     t0 = time.time()
     try:

@@ -15,6 +15,7 @@ from conftest import REPO, run_cli
 from PIL import Image
 
 from space.config import BUDGET
+from train.loop import WeightEMA
 from train.submission import check_zip
 
 
@@ -36,8 +37,13 @@ def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_pa
     res = run_cli("train.final", "--study", "best", "--storage", storage, "--data", str(tiny_data),
                   "--epochs", "2", "--size", "32", "--out", str(out), "--device", "cpu", cwd=work)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (out / "report.md").read_text().count("val F-measure") == 1
+    report = (out / "report.md").read_text()
+    assert report.count("val F-measure") == 1 and "EMA 0.99 (raw weights: 0." in report and "with flip TTA at prediction: 0." in report
     ckpt = torch.load(out / "ckpt.pth", weights_only=True)
+    last = torch.load(out / "last.pth", weights_only=True)
+    ema = last["ema"]["module"]  # the exported weights are the EMA's, not the last step's
+    assert all(torch.equal(v, ema[k]) for k, v in ckpt["state_dict"].items())
+    assert any(not torch.equal(v, last["model"][k]) for k, v in ckpt["state_dict"].items() if v.is_floating_point())
     assert ckpt["params"] < BUDGET and ckpt["params"] == sum(v.numel() for k, v in ckpt["state_dict"].items()
                                                              if not k.endswith(("running_mean", "running_var",
                                                                                 "num_batches_tracked")))
@@ -149,3 +155,21 @@ def test_export_refuses_an_over_budget_model(tmp_path):
     params = export_checkpoint(build_model(small), small, 64, tmp_path / "ok.pth")
     saved = torch.load(tmp_path / "ok.pth", weights_only=True)
     assert params < BUDGET and not any(k.startswith("aux.") for k in saved["state_dict"])
+
+
+def test_weight_ema_warms_up_then_follows_the_decay():
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # step 1: decay min(0.5, 2/11) -> the average moves 9/11 of the way
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 9 / 11))
+    for _ in range(20):
+        ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.ones(1, 2), atol=1e-5)
+    restored = WeightEMA(torch.nn.Linear(2, 1), decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.steps == 21 and torch.equal(restored.module.weight, ema.module.weight)
+

@@ -47,6 +47,22 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     assert len({t.number for t in study.trials}) == 5
 
 
+def test_flops_cap_prunes_costly_trials_before_training(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cap = 0.9  # the three presets cost 0.71x, 0.81x and 1x the costliest (dw_unet) at any size
+    res = run_cli(*search_args(tiny_data, storage, tmp_path / "art", 3, "--proxy-epochs", "1", "--flops-cap",
+                               str(cap)), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = {t.user_attrs["preset"]: t for t in load(storage).trials}
+    limit = cap * run_mod.preset_flops(64)
+    capped = trials["dw_unet"]
+    assert capped.state == optuna.trial.TrialState.PRUNED and capped.user_attrs["over_flops_cap"]
+    assert capped.user_attrs["flops"] > limit and not capped.intermediate_values  # never trained
+    for name in ("deeplab_lite", "bisenet_style"):
+        assert trials[name].user_attrs["flops"] <= limit and "over_flops_cap" not in trials[name].user_attrs
+        assert trials[name].intermediate_values  # trained and reported
+
+
 def test_two_workers_on_a_journal_file(tiny_data, tmp_path):
     storage = str(tmp_path / "study.journal")
     res = run_cli(*search_args(tiny_data, storage, tmp_path / "art", 4, "--workers", "2", "--proxy-epochs",

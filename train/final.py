@@ -9,6 +9,7 @@ command after an interruption resumes from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import zipfile
@@ -32,6 +33,7 @@ from train.metric import Scorer
 from train.solution import write_solution
 from train.synthetic import resolve_data
 
+EMA_DECAY = 0.99
 CPU_DEFAULTS, CUDA_DEFAULTS = {"size": 128, "epochs": 40}, {"size": 512, "epochs": 60}
 
 
@@ -156,7 +158,7 @@ def _curve(history: list[dict], path: Path) -> None:
 
 
 def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, scorer: Scorer, result: FitResult,
-                 args: argparse.Namespace, size: int, epochs: int) -> None:
+                 args: argparse.Namespace, size: int, epochs: int, tta_f: float) -> None:
     _curve(result.history, out / "training_curve.png")
     held_out = "" if not args.include_val else " (not held out: --include-val trained on it)"
     text = f"""# Final model: study {chosen.study!r}, trial {chosen.trial.number}
@@ -166,6 +168,8 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
   trial: {'n/a' if chosen.trial.value is None else f"{chosen.trial.value:.4f}"}
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
+- levers on the same weights: {"EMA off" if not args.ema else f"EMA {args.ema} (raw weights: {result.raw_f:.4f})"};
+  with flip TTA at prediction: {tta_f:.4f}
 
 ## Architecture
 {describe_arch(arch)}
@@ -218,6 +222,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--ema", type=float, default=EMA_DECAY,
+                   help="decay of the exponential moving average of the weights that is evaluated and exported "
+                        "(0 = off; the raw weights' val F is reported beside it)")
     return p.parse_args(argv)
 
 
@@ -228,6 +235,8 @@ def run(args: argparse.Namespace) -> Path:
     size, epochs = args.size or defaults["size"], args.epochs or defaults["epochs"]
     if size < 32 or epochs < 1:
         raise FinalError(f"--size must be >= 32 and --epochs >= 1, got {size} and {epochs}")
+    if not 0 <= args.ema < 1:
+        raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
     if not cuda and args.size is None:
         print(f"note: no CUDA device; training at {size} px for {epochs} epochs on the CPU "
               f"(the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
@@ -239,6 +248,7 @@ def run(args: argparse.Namespace) -> Path:
         storage = open_storage(args.storage, heartbeat=None, must_exist=True)
         chosen = choose_trial(storage, args.study, args.trial)
     arch, loss_cfg, train_cfg = replay(chosen.trial)
+    train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
     _check_writable(out)
     data = resolve_data(args.data)
@@ -271,6 +281,8 @@ def run(args: argparse.Namespace) -> Path:
     workers = args.workers if args.workers is not None else (6 if cuda else 0)
     if state is not None and state["epoch"] >= epochs:
         result = FitResult(history=state["history"], epochs_run=epochs)
+        if state.get("ema") is not None:  # the finished run's result is its averaged weights
+            model.load_state_dict(state["ema"]["module"])
     else:
         result = fit(model, train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
                      eval_every=max(1, epochs // 10), workers=workers, seed=args.seed, state=state,
@@ -279,10 +291,12 @@ def run(args: argparse.Namespace) -> Path:
     params = export_checkpoint(model, arch, size, ckpt)
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
     scorer = result.scorer or evaluate(model, val, device)
-    write_report(out, chosen, arch, params, scorer, result, args, size, epochs)
+    tta_f = evaluate(model, val, device, flip_tta=True).f_measure
+    write_report(out, chosen, arch, params, scorer, result, args, size, epochs, tta_f)
     n_test = predict_test(model, data, size, device, out / "masks")
     write_solution(out / "solution", ckpt)
-    print(f"val F-measure {scorer.f_measure:.4f}; report {out / 'report.md'}")
+    print(f"val F-measure {scorer.f_measure:.4f} (raw weights {result.raw_f:.4f}, flip TTA {tta_f:.4f}); "
+          f"report {out / 'report.md'}")
     if n_test:
         path = write_zip(out)
         from train.submission import check_zip

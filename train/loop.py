@@ -7,6 +7,7 @@ challenge metric after upsampling logits to the ground-truth resolution, as the 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -66,6 +67,34 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return scorer
 
 
+class WeightEMA:
+    """Exponential moving average of the weights and BN buffers, for evaluation and export. The decay warms up
+    as min(decay, (1+n)/(10+n)) so that the first (random) weights fade fast in a short schedule; the step count
+    lives on the host, so an update never waits for the device."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        ema, cur = self.module.state_dict().values(), model.state_dict().values()
+        pairs = [(e, c) for e, c in zip(ema, cur) if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in pairs], [c.detach() for _, c in pairs], 1 - d)
+        for e, c in zip(ema, cur):
+            if not e.is_floating_point():
+                e.copy_(c)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = state["steps"]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -97,7 +126,8 @@ class FitResult:
     epochs_run: int = 0
     seconds: float = 0.0
     train_images_per_s: float = 0.0
-    scorer: Scorer | None = None  # the last evaluation on val
+    scorer: Scorer | None = None  # the last evaluation on val (of the EMA weights when EMA is on)
+    raw_f: float = float("nan")  # with EMA on: the last evaluation of the raw (non-averaged) weights
 
 
 def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
@@ -108,7 +138,8 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
     """Train `model` for `epochs` on `train` (cached at `size`), scoring on `val` every `eval_every` epochs
     and at the end. `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning).
     `state` (optimizer/scheduler/epoch/history from a checkpoint) resumes a run; `on_epoch_end(epoch, state)`
-    receives a resumable state after every epoch."""
+    receives a resumable state after every epoch. With `train_cfg.ema` > 0 an EMA of the weights is kept,
+    evaluated (the raw weights are scored too, as `raw_f`) and copied into `model` at the end."""
     torch.manual_seed(seed)
     model.to(device)
     if device.type == "cuda":
@@ -125,10 +156,13 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(epochs * steps_per_epoch,
                                                                         train_cfg.warmup_frac))
+    ema = WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None
     result, start = FitResult(), 0
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         start, result.history = state["epoch"], list(state["history"])
     t_start, n_images, t_train = time.perf_counter(), 0, 0.0
     bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=desc, leave=False, disable=None if progress else True,
@@ -150,6 +184,8 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model)
             loss_sum += loss.detach()
             n_images += len(images)
             bar.update(1)
@@ -165,8 +201,10 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         record = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - t_start, "images_per_s": steps_per_epoch * batch / epoch_s}
         if epoch % eval_every == 0 or epoch == epochs:
-            scorer = evaluate(model, val, device)
+            scorer = evaluate(model if ema is None else ema.module, val, device)
             record["val_f"] = scorer.f_measure
+            if ema is not None:
+                result.raw_f = record["val_f_raw"] = evaluate(model, val, device).f_measure
             result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
             result.final_f, result.scorer = scorer.f_measure, scorer
             result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)
@@ -175,10 +213,13 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         result.epochs_run = epoch
         if on_epoch_end is not None:
             on_epoch_end(epoch, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "epoch": epoch, "history": result.history})
+                                 "epoch": epoch, "history": result.history,
+                                 "ema": None if ema is None else ema.state_dict()})
         if callback is not None and "val_f" in record:
             callback(epoch, record)
     bar.close()
+    if ema is not None:  # the averaged weights are the result
+        model.load_state_dict(ema.module.state_dict())
     result.seconds = time.perf_counter() - t_start
     result.train_images_per_s = n_images / max(t_train, 1e-9)
     return result
