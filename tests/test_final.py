@@ -38,7 +38,8 @@ def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_pa
                   "--epochs", "2", "--size", "32", "--out", str(out), "--device", "cpu", cwd=work)
     assert res.returncode == 0, res.stderr[-2000:]
     report = (out / "report.md").read_text()
-    assert report.count("val F-measure") == 1 and "EMA 0.99 (raw weights: 0." in report and "with flip TTA at prediction: 0." in report
+    assert report.count("val F-measure") == 1 and "EMA 0.99 (raw weights: 0." in report
+    assert "with flip TTA at prediction: 0." in report
     ckpt = torch.load(out / "ckpt.pth", weights_only=True)
     last = torch.load(out / "last.pth", weights_only=True)
     ema = last["ema"]["module"]  # the exported weights are the EMA's, not the last step's
@@ -108,11 +109,25 @@ def test_interrupted_final_resumes_from_its_checkpoint(searched, tiny_data):
 @pytest.mark.parametrize("args,message", [
     (["--study", "nope"], "study 'nope' not found; available: t"),
     (["--trial", "99", "--study", "t"], "trial 99 not found"),
+    (["--preset", "dw_unet", "--set", "foo=1"], "--set foo: not a parameter of this trial"),
+    (["--preset", "dw_unet", "--set", "loss_lovasz=0.7"], "0.7' not in (0.0, 0.25, 0.5)"),
+    (["--preset", "dw_unet", "--set", "lr_adamw"], "expected NAME=VALUE"),
 ])
 def test_bad_choices_are_named(searched, tiny_data, args, message):
     work, storage = searched
     res = run_cli("train.final", "--storage", storage, "--data", str(tiny_data), *args, cwd=work)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_set_overrides_a_recipe_parameter(tiny_data, tmp_path):
+    out = tmp_path / "cw"
+    res = run_cli("train.final", "--preset", "deeplab_lite", "--set", "class_weight_power=0.25", "--set",
+                  "loss_lovasz=0.5", "--data", str(tiny_data), "--epochs", "1", "--size", "32", "--out", str(out),
+                  "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["loss"]["class_weight_power"] == 0.25 and last["loss"]["lovasz"] == 0.5
+    assert last["loss"]["dice"] == 0.5  # untouched parameters keep the preset's values
 
 
 def test_submission_checker_names_problems(tmp_path, tiny_data):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,13 +88,43 @@ def preset_trial(name: str) -> Chosen:
     return Chosen(f"preset-{name}", study.trials[0])
 
 
-def replay(trial: optuna.trial.FrozenTrial) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+def parse_overrides(items: list[str]) -> dict:
+    """`--set NAME=VALUE` pairs; values are read as JSON (numbers, true/false) or else kept as strings."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise FinalError(f"--set {item!r}: expected NAME=VALUE, e.g. --set class_weight_power=0.25")
+        text = {"True": "true", "False": "false"}.get(text, text)
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+    return out
+
+
+def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
+           ) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+    """The trial's (architecture, loss, recipe), rebuilt from its params; `overrides` replace some params."""
     fixed = optuna.trial.FixedTrial(trial.params)
     arch, loss_cfg, train_cfg = sample_config(fixed)
     stored = trial.user_attrs.get("params")
     if stored is not None and stored != fixed.user_attrs["params"]:
         raise FinalError(f"trial {trial.number} replays to {fixed.user_attrs['params']} params, but the study "
                          f"recorded {stored}: the search space changed since the search")
+    if not overrides:
+        return arch, loss_cfg, train_cfg
+    fixed = optuna.trial.FixedTrial({**trial.params, **overrides})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # FixedTrial only warns about values outside the space
+            arch, loss_cfg, train_cfg = sample_config(fixed)
+    except (ValueError, UserWarning) as e:
+        raise FinalError(f"--set {overrides}: {e}") from None
+    unused = sorted(set(overrides) - set(fixed.params))
+    if unused:
+        raise FinalError(f"--set {', '.join(unused)}: not a parameter of this trial; its parameters: "
+                         f"{', '.join(sorted(fixed.params))}")
     return arch, loss_cfg, train_cfg
 
 
@@ -222,6 +254,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one of the trial's parameters (repeatable), e.g. --set class_weight_power=0.25 "
+                        "--set loss_lovasz=0.5; the names are the study's parameter names")
     p.add_argument("--ema", type=float, default=EMA_DECAY,
                    help="decay of the exponential moving average of the weights that is evaluated and exported "
                         "(0 = off; the raw weights' val F is reported beside it)")
@@ -247,7 +282,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         storage = open_storage(args.storage, heartbeat=None, must_exist=True)
         chosen = choose_trial(storage, args.study, args.trial)
-    arch, loss_cfg, train_cfg = replay(chosen.trial)
+    arch, loss_cfg, train_cfg = replay(chosen.trial, parse_overrides(args.set))
     train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
     _check_writable(out)
