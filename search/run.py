@@ -193,7 +193,7 @@ def describe(t: optuna.trial.FrozenTrial) -> str:
     stages = "-".join(f"{p.get(f's{i}_block')}{p.get(f's{i}_depth')}" for i in range(p.get("n_stages", 0)))
     return (f"#{t.number:<4} F={t.value:.4f} params={t.user_attrs.get('params', 0):>9,} "
             f"stages={stages} os={p.get('output_stride')} ctx={p.get('context')} "
-            f"skips={'4' if p.get('skip4') else ''}{'8' if p.get('skip8') else ''} detail={p.get('detail_width')}")
+            f"skips={''.join(k for k in '842' if p.get(f'skip{k}')) or '-'} detail={p.get('detail_width')}")
 
 
 def summary(study: optuna.Study, s: Settings) -> str:

@@ -48,6 +48,7 @@ class ArchConfig:
     context_rates: tuple[int, ...] = (2, 4, 6)
     skip4: bool = True
     skip8: bool = False
+    skip2: bool = False  # a last, light decoder step at 1/2 from the stem (fine detail: brows, eyes, lips)
     skip_width: int = 32
     detail_width: int = 0  # BiSeNet-style detail path to 1/8 (0 = none)
     decoder_width: int = 64

@@ -263,7 +263,13 @@ def layout(cfg: ArchConfig, num_classes: int = 19) -> Layout:
         decoder.append(part(DecoderStep, cin=cin, skip_chs=tuple(chs), skip_width=cfg.skip_width,
                             cout=cfg.decoder_width, depth=cfg.decoder_depth, act=act))
         cin = cfg.decoder_width
-    head = part(nn.Conv2d, in_channels=cfg.decoder_width, out_channels=num_classes, kernel_size=1)
+    if cfg.skip2:  # one light step at 1/2 on the stem's features: half the widths, one refinement
+        fine = make_divisible(cfg.decoder_width / 2)
+        decoder.append(part(DecoderStep, cin=cin, skip_chs=(cfg.stem_width,),
+                            skip_width=make_divisible(cfg.skip_width / 2), cout=fine, depth=1, act=act))
+        steps.append(["stem"])
+        cin = fine
+    head = part(nn.Conv2d, in_channels=cin, out_channels=num_classes, kernel_size=1)
     detail = part(DetailPath, width=cfg.detail_width, act=act) if cfg.detail_width else None
     aux_stage = len(cfg.stages) - 2
     aux = (part(AuxHead, cin=widths[aux_stage], mid=make_divisible(widths[aux_stage] / 2),
@@ -299,7 +305,7 @@ class FaceParser(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
         feats = {}
-        y = self.stem(x)  # (B, C, H/2, W/2)
+        y = feats["stem"] = self.stem(x)  # (B, C, H/2, W/2)
         for i, stage in enumerate(self.stages):
             y = stage(y)
             feats[f"s{i}"] = y
@@ -308,7 +314,7 @@ class FaceParser(nn.Module):
         y = self.context(y)  # (B, Cctx, H/os, W/os)
         for step, names in zip(self.decoder, self.decoder_skips):
             y = step(y, [feats[n] for n in names])
-        y = self.head(y)  # (B, classes, H/4 .. H/os)
+        y = self.head(y)  # (B, classes, H/2 .. H/os)
         y = F.interpolate(y, x.shape[2:], mode="bilinear", align_corners=False)[:, :, :h, :w]
         if self.aux is not None and self.training:
             a = F.interpolate(self.aux(feats[f"s{self.aux_stage}"]), x.shape[2:], mode="bilinear",

@@ -25,7 +25,7 @@ PRESETS: dict[str, dict] = {
     "deeplab_lite": {
         **_stages(("ir", 1, 4, 3, False), ("ir", 2, 4, 3, False), ("ir", 3, 4, 3, True), ("ir", 3, 4, 3, True)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 2, "context": "aspp", "aspp_rates": "2-4-6",
-        "stem_width": 16, "context_width": 128, "skip4": True, "skip8": False, "skip_width": 32,
+        "stem_width": 16, "context_width": 128, "skip4": True, "skip8": False, "skip2": False, "skip_width": 32,
         "detail_width": 0, "decoder_width": 64, "decoder_depth": 2, "activation": "relu", "aux_head": False,
         "budget_fraction": 0.95, **_RECIPE,
     },
@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
     "bisenet_style": {
         **_stages(("ds", 1, 4, 3, False), ("ir", 2, 4, 3, False), ("ir", 4, 4, 3, False), ("ir", 2, 6, 3, True)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 1, "context": "ppm",
-        "stem_width": 16, "context_width": 128, "skip4": False, "skip8": False, "skip_width": 32,
+        "stem_width": 16, "context_width": 128, "skip4": False, "skip8": False, "skip2": False, "skip_width": 32,
         "detail_width": 64, "decoder_width": 96, "decoder_depth": 1, "activation": "relu", "aux_head": True,
         "budget_fraction": 0.95, **_RECIPE,
     },
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
         **_stages(("ds", 1, 4, 3, False), ("ds", 2, 4, 3, False), ("ds", 3, 4, 3, False), ("ds", 4, 4, 3, False),
                   ("ds", 3, 4, 3, False)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 2, "context": "none",
-        "stem_width": 16, "context_width": 64, "skip4": True, "skip8": True, "skip_width": 16,
+        "stem_width": 16, "context_width": 64, "skip4": True, "skip8": True, "skip2": False, "skip_width": 16,
         "detail_width": 0, "decoder_width": 32, "decoder_depth": 2, "activation": "relu", "aux_head": False,
         "budget_fraction": 0.95, **_RECIPE,
     },

@@ -52,6 +52,7 @@ def _shape(trial: optuna.trial.BaseTrial) -> dict:
         context_width=trial.suggest_categorical("context_width", [64, 96, 128, 160]),
         skip4=trial.suggest_categorical("skip4", [True, False]),
         skip8=trial.suggest_categorical("skip8", [False, True]),
+        skip2=trial.suggest_categorical("skip2", [False, True]),
         skip_width=trial.suggest_categorical("skip_width", [16, 24, 32, 48]),
         detail_width=trial.suggest_categorical("detail_width", [0, 32, 64]),
         decoder_width=trial.suggest_categorical("decoder_width", [32, 48, 64, 96]),
@@ -69,7 +70,7 @@ def realise(shape: dict, mult: float) -> ArchConfig:
     return ArchConfig(
         stem_width=w(shape["stem"]), stages=stages, output_stride=shape["output_stride"],
         dilations=shape["dilations"], context=shape["context"], context_width=w(shape["context_width"]),
-        context_rates=shape["context_rates"], skip4=shape["skip4"], skip8=shape["skip8"],
+        context_rates=shape["context_rates"], skip4=shape["skip4"], skip8=shape["skip8"], skip2=shape["skip2"],
         skip_width=w(shape["skip_width"]), detail_width=w(shape["detail_width"]) if shape["detail_width"] else 0,
         decoder_width=w(shape["decoder_width"]), decoder_depth=shape["decoder_depth"],
         activation=shape["activation"], aux_head=shape["aux_head"])

@@ -78,3 +78,16 @@ def test_presets_within_10_percent_below_budget(name):
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="output_stride=12"):
         ArchConfig(stages=next(random_configs(1))[1].stages, output_stride=12)
+
+
+@pytest.mark.parametrize("skip2,resolution", [(False, 16), (True, 32)])
+def test_skip2_moves_the_head_to_half_resolution(skip2, resolution):
+    params = dict(PRESETS["deeplab_lite"], skip2=skip2)
+    arch, _, _ = sample_config(optuna.trial.FixedTrial(params))
+    model = build_model(arch).eval()
+    seen = []
+    model.head.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+    assert seen == [resolution]  # 1/4 of 64 without the step, 1/2 with it
+    assert count_params(arch) == count_params_built(arch) < BUDGET

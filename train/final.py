@@ -131,7 +131,7 @@ def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
 def describe_arch(arch: ArchConfig) -> str:
     stages = ", ".join(f"{s.depth}x {s.block}{'(e' + str(s.expansion) + ')' if s.block == 'ir' else ''} "
                        f"k{s.kernel}{' SE' if s.se else ''} w{s.width}" for s in arch.stages)
-    skips = " + ".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4)) if on) or "none"
+    skips = " + ".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4), ("1/2", arch.skip2)) if on) or "none"
     ctx = {"aspp": f"ASPP rates {'/'.join(map(str, arch.context_rates))}", "ppm": "pyramid pooling",
            "none": "1x1 conv"}[arch.context]
     return (f"stem w{arch.stem_width}; stages: {stages}; output stride {arch.output_stride} "
