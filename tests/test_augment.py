@@ -54,3 +54,27 @@ def test_eval_pipeline_resizes_masks_nearest():
     out = eval_pipeline(64)(image=img, mask=mask)
     assert out["image"].shape == (64, 64, 3)
     assert set(np.unique(out["mask"])) == set(np.unique(mask))
+
+
+def test_flip_tta_prediction_is_mirror_equivariant_with_label_swap():
+    import optuna
+    import torch
+
+    from space.network import build_model
+    from space.presets import PRESETS
+    from space.sample import sample_config
+    from train.classes import FLIP_LUT
+    from train.infer import predict_logits
+
+    torch.manual_seed(0)
+    model = build_model(sample_config(optuna.trial.FixedTrial(PRESETS["deeplab_lite"]))[0]).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    device = torch.device("cpu")
+    tta = predict_logits(model, images, device, flip_tta=True)
+    tta_mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device, flip_tta=True)
+    # predicting the mirror image = mirroring the prediction and swapping left/right classes
+    expected = tta.flip(3)[:, torch.as_tensor(FLIP_LUT).long()]
+    assert torch.allclose(tta_mirrored, expected, atol=1e-4)
+    plain_mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device)
+    assert not torch.allclose(plain_mirrored, predict_logits(model, images, device).flip(3)[
+        :, torch.as_tensor(FLIP_LUT).long()], atol=1e-4)  # an untrained net alone is not symmetric

@@ -201,7 +201,7 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
 - levers on the same weights: {"EMA off" if not args.ema else f"EMA {args.ema} (raw weights: {result.raw_f:.4f})"};
-  with flip TTA at prediction: {tta_f:.4f}
+  with flip TTA at prediction: {tta_f:.4f} (test masks written {"with" if args.flip_tta else "without"} it)
 
 ## Architecture
 {describe_arch(arch)}
@@ -217,14 +217,16 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
     (out / "report.md").write_text(text)
 
 
-def predict_test(model: torch.nn.Module, data: Path, size: int, device: torch.device, masks_dir: Path) -> int:
+def predict_test(model: torch.nn.Module, data: Path, size: int, device: torch.device, masks_dir: Path,
+                 flip_tta: bool) -> int:
     try:
         images = list_split(data, "test")
     except DataError:
         return 0
     masks_dir.mkdir(parents=True, exist_ok=True)
     for pair in images:
-        save_mask(predict_mask(model, load_rgb(pair.image), size, device), masks_dir / f"{pair.image.stem}.png")
+        save_mask(predict_mask(model, load_rgb(pair.image), size, device, flip_tta),
+                  masks_dir / f"{pair.image.stem}.png")
     return len(images)
 
 
@@ -257,6 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one of the trial's parameters (repeatable), e.g. --set class_weight_power=0.25 "
                         "--set loss_lovasz=0.5; the names are the study's parameter names")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the test masks with flip TTA, as the shipped run.py does by default (the report "
+                        "gives val F with and without it)")
     p.add_argument("--ema", type=float, default=EMA_DECAY,
                    help="decay of the exponential moving average of the weights that is evaluated and exported "
                         "(0 = off; the raw weights' val F is reported beside it)")
@@ -328,7 +333,7 @@ def run(args: argparse.Namespace) -> Path:
     scorer = result.scorer or evaluate(model, val, device)
     tta_f = evaluate(model, val, device, flip_tta=True).f_measure
     write_report(out, chosen, arch, params, scorer, result, args, size, epochs, tta_f)
-    n_test = predict_test(model, data, size, device, out / "masks")
+    n_test = predict_test(model, data, size, device, out / "masks", args.flip_tta)
     write_solution(out / "solution", ckpt)
     print(f"val F-measure {scorer.f_measure:.4f} (raw weights {result.raw_f:.4f}, flip TTA {tta_f:.4f}); "
           f"report {out / 'report.md'}")

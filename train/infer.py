@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     p.add_argument("--output", type=Path, required=True, help="output PNG path, or a folder for a folder input")
     p.add_argument("--weights", type=Path, required=True, help="checkpoint (ckpt.pth)")
-    p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction (slower)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the mirrored prediction, left/right labels swapped back (on by default: "
+                        "+0.006 val F measured; twice the compute)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = p.parse_args(argv)
     device = pick_device(args.device)

@@ -1,4 +1,4 @@
-"""`python -m train.predict --weights ckpt.pth --input IMG_OR_DIR --output DIR [--overlay] [--flip-tta]`:
+"""`python -m train.predict --weights ckpt.pth --input IMG_OR_DIR --output DIR [--overlay] [--no-flip-tta]`:
 label PNGs at each input image's size, and optionally colour overlays a person can look at."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=Path, required=True, help="an image or a folder of images")
     p.add_argument("--output", type=Path, required=True, help="folder for <stem>.png label maps")
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg colour overlays")
-    p.add_argument("--flip-tta", action="store_true",
-                   help="average with the horizontally flipped prediction (left/right labels swapped back)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the horizontally flipped prediction, left/right labels swapped back (on by "
+                        "default, as in the shipped run.py; --no-flip-tta for the plain prediction)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
     for path, what in ((args.weights, "weights"), (args.input, "input")):
