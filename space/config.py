@@ -145,7 +145,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_frac: float = 0.05
     batch_size: int = 16
-    aug_strength: float = 0.7
+    aug_strength: float = 0.7  # fixed, not searched (see space.sample.sample_train)
     grad_clip: float = 5.0
     ema: float = 0.0  # EMA decay of weights for evaluation/export; 0 = off
 
