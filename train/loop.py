@@ -75,17 +75,19 @@ class WeightEMA:
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.steps = decay, 0
+        # the tensors of both models, paired once (state_dict values alias the live parameters and buffers)
+        pairs = list(zip(self.module.state_dict().values(), (v.detach() for v in model.state_dict().values())))
+        self._floats = ([e for e, _ in pairs if e.is_floating_point()], [c for e, c in pairs if e.is_floating_point()])
+        self._others = [(e, c) for e, c in pairs if not e.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step towards `model`, the model this EMA was made from."""
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        ema, cur = self.module.state_dict().values(), model.state_dict().values()
-        pairs = [(e, c) for e, c in zip(ema, cur) if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in pairs], [c.detach() for _, c in pairs], 1 - d)
-        for e, c in zip(ema, cur):
-            if not e.is_floating_point():
-                e.copy_(c)
+        torch._foreach_lerp_(*self._floats, 1 - d)
+        for e, c in self._others:
+            e.copy_(c)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "steps": self.steps}
