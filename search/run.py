@@ -89,11 +89,11 @@ class Objective:
         s = self.s
         arch, loss_cfg, train_cfg = sample_config(trial)
         model = build_model(arch)
-        trial.set_user_attr("flops", count_flops(model, s.proxy_size))  # eval mode: the aux head does not run
+        flops = count_flops(model, s.proxy_size)  # eval mode: the aux head does not run
+        trial.set_user_attr("flops", flops)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("arch", arch.to_dict())
-        flops = trial.user_attrs["flops"]
         if self.max_flops and flops > self.max_flops:
             trial.set_user_attr("over_flops_cap", True)
             raise optuna.TrialPruned(f"{flops / 1e6:.0f} MFLOPs > cap {self.max_flops / 1e6:.0f} (--flops-cap)")
