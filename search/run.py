@@ -145,8 +145,8 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
 
 
-def open_study(s: Settings) -> optuna.Study:
-    storage = open_storage(s.storage, heartbeat=s.heartbeat)
+def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    storage = storage or open_storage(s.storage, heartbeat=s.heartbeat)
     # offset the seed by the trials already stored, so a resumed study does not replay the same proposals
     try:
         stored = len(optuna.load_study(study_name=s.study, storage=storage).trials)
@@ -160,6 +160,41 @@ def open_study(s: Settings) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC_NAME])
     return study
+
+
+def enqueue_presets(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Enqueue each hand-designed preset once; returns the numbers of duplicates dropped.
+
+    Optuna's `skip_if_exists` is not atomic (its docs say so): several `search.run` processes started together on
+    one study can each enqueue the presets. Each process therefore drops, after enqueueing, every WAITING preset
+    trial that repeats an earlier one: it claims the trial with the same atomic WAITING -> RUNNING step that
+    `Study.ask` uses (so no worker trains it) and fails it with user attr `duplicate_of`. FAIL, not PRUNED: TPE
+    ignores failed trials but would count a pruned one as a bad result for the preset's parameters. Retries of
+    killed trials (system attr `failed_trial`) keep their preset name and are left alone.
+    """
+    for name, params in PRESETS.items():
+        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+    first: dict[str, int] = {}
+    dropped = []
+    for t in study.get_trials(deepcopy=False):
+        name = t.user_attrs.get("preset")
+        if name is None or "failed_trial" in t.system_attrs:
+            continue
+        if name not in first:
+            first[name] = t.number
+        elif t.state == optuna.trial.TrialState.WAITING and claim(storage, t):
+            storage.set_trial_user_attr(t._trial_id, "duplicate_of", first[name])
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            dropped.append(t.number)
+    return dropped
+
+
+def claim(storage: optuna.storages.BaseStorage, t: optuna.trial.FrozenTrial) -> bool:
+    """Atomically WAITING -> RUNNING; False if another process claimed or finished the trial first."""
+    try:
+        return storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:  # another process dropped it a moment ago
+        return False
 
 
 def load_data(s: Settings) -> tuple[Split, Split]:
@@ -299,13 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         s = settings_from_args(args)
         data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
-        study = open_study(s)
+        storage = open_storage(s.storage, heartbeat=s.heartbeat)
+        study = open_study(s, storage)
     except (ValueError, DataError, StorageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finished = n_finished(study)
-    for name, params in PRESETS.items():
-        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+    dropped = enqueue_presets(study, storage)
     study.set_user_attr("data", str(s.data))
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
                                   "device": s.device, "flops_cap": s.flops_cap})
@@ -313,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train; device {s.device}; "
           f"FLOPs cap {f'{s.flops_cap:g}x the costliest preset' if s.flops_cap else 'none'}; "
           f"budget < {BUDGET:,} params", flush=True)
+    if dropped:
+        print(f"search: another process enqueued the presets at the same moment; dropped the duplicate trials "
+              f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
     t0 = time.time()
     try:
         if args.workers == 1:

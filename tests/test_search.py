@@ -107,3 +107,30 @@ def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, mo
     assert trials[0].state == optuna.trial.TrialState.FAIL
     assert "NonFiniteLoss: loss became nan" in trials[0].user_attrs["fail_reason"]
     assert trials[1].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_presets_enqueued_by_concurrent_processes_are_deduplicated(tmp_path):
+    """Optuna's skip_if_exists races across processes; enqueue_presets drops the duplicates it finds."""
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
+    for name, params in run_mod.PRESETS.items():  # a second process's enqueue, interleaved before the check
+        study.enqueue_trial(params, user_attrs={"preset": name})
+    first = study.ask()  # a worker already claimed the first preset: it must stay untouched
+    study.enqueue_trial(run_mod.PRESETS["deeplab_lite"], user_attrs={"preset": "deeplab_lite"})  # a third one
+    dropped = run_mod.enqueue_presets(study, storage)
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(t.user_attrs["preset"] for t in waiting) == sorted(n for n in run_mod.PRESETS if n != "deeplab_lite")
+    assert trials[first.number].state == optuna.trial.TrialState.RUNNING
+    assert dropped and all(trials[n].state == optuna.trial.TrialState.FAIL for n in dropped)
+    kept = {t.number for t in trials if t.number not in dropped}
+    assert {trials[n].user_attrs["duplicate_of"] for n in dropped} <= kept
+    assert len(dropped) == 1 and len(trials) == 4  # only the extra deeplab_lite; the rest skipped as existing
+    # a retry of a killed preset trial keeps its preset name and must survive
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs={"preset": "dw_unet"},
+                                              system_attrs={"failed_trial": 0}))
+    assert run_mod.enqueue_presets(study, storage) == []
+    assert study.get_trials(deepcopy=False)[-1].state == optuna.trial.TrialState.WAITING
+    # a duplicate that another process dropped between our read and our claim is skipped, not an error
+    dup = study.get_trials(deepcopy=False)[3]
+    assert dup.state == optuna.trial.TrialState.FAIL and not run_mod.claim(storage, dup)
