@@ -88,6 +88,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
         arch, loss_cfg, train_cfg = sample_config(trial)
+        # the initial weights depend only on the seed and the trial number, not on what the process built before
+        # (preset_flops builds the presets; a worker's earlier trials): a resumed or parallel trial is replayable
+        torch.manual_seed(s.seed + trial.number)
         model = build_model(arch)
         flops = count_flops(model, s.proxy_size)  # eval mode: the aux head does not run
         trial.set_user_attr("flops", flops)

@@ -134,3 +134,35 @@ def test_presets_enqueued_by_concurrent_processes_are_deduplicated(tmp_path):
     # a duplicate that another process dropped between our read and our claim is skipped, not an error
     dup = study.get_trials(deepcopy=False)[3]
     assert dup.state == optuna.trial.TrialState.FAIL and not run_mod.claim(storage, dup)
+
+
+def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, monkeypatch):
+    """Initial weights depend on the seed and trial number only (not on the process's earlier draws)."""
+    import torch
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_fit(model, *args, **kwargs):
+        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        raise Stop
+
+    monkeypatch.setattr(run_mod, "fit", fake_fit)
+    s = run_mod.Settings(data=tmp_path, study="t", storage="", artifact_dir=tmp_path / "a", proxy_size=32,
+                         proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=5, device="cpu",
+                         loader_workers=0)
+    objective = run_mod.Objective(s, None, None)
+    for draws in (0, 1000):
+        torch.randn(draws)  # what an earlier trial or build would have consumed
+        study = optuna.create_study()
+        study.enqueue_trial(run_mod.PRESETS["deeplab_lite"])
+        with pytest.raises(Stop):
+            objective(study.ask())
+    s.seed = 6
+    with pytest.raises(Stop):
+        study = optuna.create_study()
+        study.enqueue_trial(run_mod.PRESETS["deeplab_lite"])
+        objective(study.ask())
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])

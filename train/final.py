@@ -255,7 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/final)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
-    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the data order and the augmentation")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one of the trial's parameters (repeatable), e.g. --set class_weight_power=0.25 "
                         "--set loss_lovasz=0.5; the names are the study's parameter names")
@@ -300,6 +301,7 @@ def run(args: argparse.Namespace) -> Path:
     print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
           f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; output {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)  # the initial weights too, not only data order and augmentation
     model = build_model(arch)
     identity = {"config": arch.to_dict(), "size": size, "epochs": epochs, "include_val": args.include_val,
                 "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict()}
