@@ -188,3 +188,27 @@ def test_weight_ema_warms_up_then_follows_the_decay():
     restored.load_state_dict(ema.state_dict())
     assert restored.steps == 21 and torch.equal(restored.module.weight, ema.module.weight)
 
+
+
+def test_final_initial_weights_depend_on_the_seed_only(tiny_data, tmp_path, monkeypatch):
+    """`--seed` fixes the initial weights whatever the process drew before; another seed gives others."""
+    import train.final as final_mod
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_fit(model, *args, **kwargs):
+        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        raise Stop
+
+    monkeypatch.setattr(final_mod, "fit", fake_fit)
+    for i, (draws, seed) in enumerate([(0, 3), (1000, 3), (0, 4)]):
+        torch.randn(draws)  # what an earlier build or import would have consumed
+        args = final_mod.parse_args(["--preset", "deeplab_lite", "--data", str(tiny_data), "--size", "32",
+                                     "--epochs", "1", "--device", "cpu", "--seed", str(seed),
+                                     "--out", str(tmp_path / str(i))])
+        with pytest.raises(Stop):
+            final_mod.run(args)
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
