@@ -33,3 +33,21 @@ def real_data() -> Path:
     if not (SHARED_DATA / "val" / "masks").is_dir():
         pytest.skip(f"real challenge data not found at {SHARED_DATA} (it lives in ../shared, beside the checkout)")
     return SHARED_DATA
+
+
+class StopAtFit(Exception):
+    """Raised by the stand-in for `fit` that `capture_initial_weights` installs."""
+
+
+def capture_initial_weights(monkeypatch, module) -> list:
+    """Replace `module.fit` by a stand-in that records the model's initial weights, then raises StopAtFit."""
+    import torch
+
+    seen = []
+
+    def fake_fit(model, *args, **kwargs):
+        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        raise StopAtFit
+
+    monkeypatch.setattr(module, "fit", fake_fit)
+    return seen

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, StopAtFit, capture_initial_weights, run_cli
 from PIL import Image
 
 from space.config import BUDGET
@@ -194,21 +194,12 @@ def test_final_initial_weights_depend_on_the_seed_only(tiny_data, tmp_path, monk
     """`--seed` fixes the initial weights whatever the process drew before; another seed gives others."""
     import train.final as final_mod
 
-    class Stop(Exception):
-        pass
-
-    seen = []
-
-    def fake_fit(model, *args, **kwargs):
-        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        raise Stop
-
-    monkeypatch.setattr(final_mod, "fit", fake_fit)
+    seen = capture_initial_weights(monkeypatch, final_mod)
     for i, (draws, seed) in enumerate([(0, 3), (1000, 3), (0, 4)]):
         torch.randn(draws)  # what an earlier build or import would have consumed
         args = final_mod.parse_args(["--preset", "deeplab_lite", "--data", str(tiny_data), "--size", "32",
                                      "--epochs", "1", "--device", "cpu", "--seed", str(seed),
                                      "--out", str(tmp_path / str(i))])
-        with pytest.raises(Stop):
+        with pytest.raises(StopAtFit):
             final_mod.run(args)
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])

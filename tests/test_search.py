@@ -4,7 +4,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import StopAtFit, capture_initial_weights, run_cli
 
 import search.run as run_mod
 from search.storage import open_storage
@@ -140,16 +140,7 @@ def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, m
     """Initial weights depend on the seed and trial number only (not on the process's earlier draws)."""
     import torch
 
-    class Stop(Exception):
-        pass
-
-    seen = []
-
-    def fake_fit(model, *args, **kwargs):
-        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        raise Stop
-
-    monkeypatch.setattr(run_mod, "fit", fake_fit)
+    seen = capture_initial_weights(monkeypatch, run_mod)
     s = run_mod.Settings(data=tmp_path, study="t", storage="", artifact_dir=tmp_path / "a", proxy_size=32,
                          proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=5, device="cpu",
                          loader_workers=0)
@@ -158,10 +149,10 @@ def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, m
         torch.randn(draws)  # what an earlier trial or build would have consumed
         study = optuna.create_study()
         study.enqueue_trial(run_mod.PRESETS["deeplab_lite"])
-        with pytest.raises(Stop):
+        with pytest.raises(StopAtFit):
             objective(study.ask())
     s.seed = 6
-    with pytest.raises(Stop):
+    with pytest.raises(StopAtFit):
         study = optuna.create_study()
         study.enqueue_trial(run_mod.PRESETS["deeplab_lite"])
         objective(study.ask())
