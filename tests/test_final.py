@@ -189,7 +189,6 @@ def test_weight_ema_warms_up_then_follows_the_decay():
     assert restored.steps == 21 and torch.equal(restored.module.weight, ema.module.weight)
 
 
-
 def test_final_initial_weights_depend_on_the_seed_only(tiny_data, tmp_path, monkeypatch):
     """`--seed` fixes the initial weights whatever the process drew before; another seed gives others."""
     import train.final as final_mod
