@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from space import network as N
-from space.config import BUDGET, ArchConfig
+from space.config import BUDGET, NUM_CLASSES, ArchConfig
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, groups: int = 1, act: object = None, **_: object) -> int:
@@ -85,7 +85,7 @@ def part_params(p: N.Part) -> int:
     return COUNTERS[cls](**dict(kwargs))
 
 
-def count_params(cfg: ArchConfig, num_classes: int = 19) -> int:
+def count_params(cfg: ArchConfig, num_classes: int = NUM_CLASSES) -> int:
     """Trainable parameters of `build_model(cfg).drop_aux()`: equal to sum(p.numel() for p in parameters())."""
     return sum(part_params(p) for p in N.layout(cfg, num_classes).exported_parts())
 
@@ -97,9 +97,22 @@ def _built_part_params(p: N.Part) -> int:
     return sum(t.numel() for t in module.parameters() if t.requires_grad)
 
 
-def count_params_built(cfg: ArchConfig, num_classes: int = 19) -> int:
+def count_params_built(cfg: ArchConfig, num_classes: int = NUM_CLASSES) -> int:
     """The same count, by building each part on the meta device (slow; the reference for tests)."""
     return sum(_built_part_params(p) for p in N.layout(cfg, num_classes).exported_parts())
+
+
+def count_flops(cfg: ArchConfig, size: int) -> int:
+    """FLOPs of one forward pass at size x size in eval mode (the aux head does not run), counted by
+    `torch.utils.flop_counter` on the meta device: no weights are allocated and nothing is computed, so the cost
+    does not grow with the size. Equal to the count of a real forward (tested)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = N.build_model(cfg).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size, device="meta"))
+    return int(counter.get_total_flops())
 
 
 def utilisation(params: int) -> float:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 BUDGET = 1_821_085  # a model must have strictly fewer trainable parameters than this
+NUM_CLASSES = 19  # background + 18 face parts (train.classes names them)
 BLOCKS = ("res", "ir", "ds")  # plain residual, inverted residual, depthwise-separable
 CONTEXTS = ("aspp", "ppm", "none")
 ACTIVATIONS = ("relu", "hardswish", "silu")

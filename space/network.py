@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from space.config import ArchConfig
+from space.config import NUM_CLASSES, ArchConfig
 
 NOMINAL_STRIDE = 32  # inputs are padded to a multiple of this
 
@@ -223,7 +223,7 @@ class Layout:
         return parts + ([self.detail] if self.detail else [])
 
 
-def layout(cfg: ArchConfig, num_classes: int = 19) -> Layout:
+def layout(cfg: ArchConfig, num_classes: int = NUM_CLASSES) -> Layout:
     act = cfg.activation
     stem = part(ConvBNAct, cin=3, cout=cfg.stem_width, kernel=3, stride=2, act=act)
     stages, cin = [], cfg.stem_width
@@ -281,7 +281,7 @@ class FaceParser(nn.Module):
     """(B, 3, H, W) float image -> (B, num_classes, H, W) logits, any H, W. In training with an auxiliary
     head, returns (logits, aux_logits)."""
 
-    def __init__(self, cfg: ArchConfig, num_classes: int = 19):
+    def __init__(self, cfg: ArchConfig, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         lay = layout(cfg, num_classes)
@@ -323,6 +323,6 @@ class FaceParser(nn.Module):
         return y
 
 
-def build_model(cfg: ArchConfig, num_classes: int = 19) -> FaceParser:
+def build_model(cfg: ArchConfig, num_classes: int = NUM_CLASSES) -> FaceParser:
     """The network for `cfg`; call `.drop_aux()` before export."""
     return FaceParser(cfg, num_classes)

@@ -8,7 +8,12 @@ replaying `optuna.trial.FixedTrial(trial.params)` rebuilds the identical network
 
 from __future__ import annotations
 
+import json
+import warnings
+from functools import lru_cache
+
 import optuna
+from optuna.distributions import BaseDistribution
 
 from space.budget import count_params, utilisation
 from space.config import BUDGET, ArchConfig, LossConfig, StageConfig, TrainConfig
@@ -18,6 +23,11 @@ ASPP_RATES = ("1-2-3", "2-4-6", "3-6-9", "4-8-12", "6-12-18")
 BASE_WIDTH = 16
 MULT_RANGE = (0.05, 12.0)
 BISECT_STEPS = 18
+PROBE_TRIALS = 64  # random samples that find every parameter of the (conditional) space; a test checks it
+
+
+class SpaceError(ValueError):
+    """A parameter name or value the search space does not have, or a trial that no longer replays."""
 
 
 def _shape(trial: optuna.trial.BaseTrial) -> dict:
@@ -135,3 +145,102 @@ def sample_config(trial: optuna.trial.BaseTrial) -> tuple[ArchConfig, LossConfig
     trial.set_user_attr("utilisation", round(utilisation(params), 4))
     trial.set_user_attr("width_mult", round(mult, 4))
     return arch, sample_loss(trial), sample_train(trial)
+
+
+@lru_cache(maxsize=1)
+def space_distributions() -> dict[str, tuple[BaseDistribution, ...]]:
+    """Every parameter name of the space with the distribution(s) it is sampled from. The space is conditional
+    (an expansion ratio only for inverted-residual stages; a stage's depth range depends on the stage count),
+    so it is found by sampling it: PROBE_TRIALS seeded random trials, deterministic."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        seen: dict[str, list[BaseDistribution]] = {}
+        for _ in range(PROBE_TRIALS):
+            trial = study.ask()
+            sample_config(trial)
+            for name, dist in trial.distributions.items():
+                if dist not in seen.setdefault(name, []):
+                    seen[name].append(dist)
+    finally:
+        optuna.logging.set_verbosity(level)
+    return {name: tuple(dists) for name, dists in seen.items()}
+
+
+def _contains(dist: BaseDistribution, value: object) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _allowed(dists: tuple[BaseDistribution, ...]) -> str:
+    parts = []
+    for d in dists:
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            parts.append("one of " + ", ".join(map(str, d.choices)))
+        else:
+            parts.append(f"{d.low}..{d.high}")
+    return " or ".join(dict.fromkeys(parts))
+
+
+def check_params(values: dict, flag: str = "--fix") -> dict:
+    """Refuse a name that is not a parameter of the space, or a value outside its range; returns `values`."""
+    space = space_distributions()
+    for name, value in values.items():
+        if name not in space:
+            raise SpaceError(f"{flag} {name}: not a parameter of the search space; its parameters: "
+                             f"{', '.join(sorted(space))}")
+        if not any(_contains(d, value) for d in space[name]):
+            raise SpaceError(f"{flag} {name}={value!r}: outside the space; expected {_allowed(space[name])}")
+    return values
+
+
+def parse_assignments(items: list[str], flag: str) -> dict:
+    """`NAME=VALUE` pairs (`--set`, `--fix`); values are read as JSON (numbers, true/false), else kept as text."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SpaceError(f"{flag} {item!r}: expected NAME=VALUE, e.g. {flag} class_weight_power=0.25")
+        text = {"True": "true", "False": "false"}.get(text, text)
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+    return out
+
+
+def recipe_params(params: dict) -> dict:
+    """The loss and optimiser part of a trial's params (what `search.run --recipe-from` holds fixed)."""
+    fixed = optuna.trial.FixedTrial(params)
+    sample_loss(fixed)
+    sample_train(fixed)
+    return dict(fixed.params)
+
+
+def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
+           ) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+    """The trial's (architecture, loss, recipe), rebuilt from its params with `FixedTrial`, so that search and
+    retraining cannot drift apart; `overrides` (`--set`) replace some params, checked against the space."""
+    fixed = optuna.trial.FixedTrial(trial.params)
+    arch, loss_cfg, train_cfg = sample_config(fixed)
+    stored = trial.user_attrs.get("params")
+    if stored is not None and stored != fixed.user_attrs["params"]:
+        raise SpaceError(f"trial {trial.number} replays to {fixed.user_attrs['params']} params, but the study "
+                         f"recorded {stored}: the search space changed since the search")
+    if not overrides:
+        return arch, loss_cfg, train_cfg
+    fixed = optuna.trial.FixedTrial({**trial.params, **overrides})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # FixedTrial only warns about values outside the space
+            arch, loss_cfg, train_cfg = sample_config(fixed)
+    except (ValueError, UserWarning) as e:
+        raise SpaceError(f"--set {overrides}: {e}") from None
+    unused = sorted(set(overrides) - set(fixed.params))
+    if unused:
+        raise SpaceError(f"--set {', '.join(unused)}: not a parameter of this trial; its parameters: "
+                         f"{', '.join(sorted(fixed.params))}")
+    return arch, loss_cfg, train_cfg

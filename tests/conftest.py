@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,15 +40,25 @@ class StopAtFit(Exception):
     """Raised by the stand-in for `fit` that `capture_initial_weights` installs."""
 
 
-def capture_initial_weights(monkeypatch, module) -> list:
-    """Replace `module.fit` by a stand-in that records the model's initial weights, then raises StopAtFit."""
+@dataclass
+class FitCall:
+    weights: object  # the model's initial weights, flattened into one tensor
+    train_cfg: object
+    kwargs: dict
+
+
+def capture_initial_weights(monkeypatch) -> list[FitCall]:
+    """Replace `train.loop.fit` (every training path goes through it) by a stand-in that records the model's
+    initial weights and the call's settings, then raises StopAtFit."""
     import torch
+
+    import train.loop
 
     seen = []
 
-    def fake_fit(model, *args, **kwargs):
-        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    def fake_fit(model, train, val, loss_cfg, train_cfg, **kwargs):
+        seen.append(FitCall(torch.cat([p.detach().flatten() for p in model.parameters()]), train_cfg, kwargs))
         raise StopAtFit
 
-    monkeypatch.setattr(module, "fit", fake_fit)
+    monkeypatch.setattr(train.loop, "fit", fake_fit)
     return seen

@@ -91,3 +91,16 @@ def test_skip2_moves_the_head_to_half_resolution(skip2, resolution):
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 19, 64, 64)
     assert seen == [resolution]  # 1/4 of 64 without the step, 1/2 with it
     assert count_params(arch) == count_params_built(arch) < BUDGET
+
+
+def test_the_probe_finds_every_parameter_and_range_of_the_space():
+    """`space_distributions` samples the conditional space PROBE_TRIALS times; 400 more draws find nothing new."""
+    from space.sample import space_distributions
+
+    probe = space_distributions()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=123))
+    for _ in range(400):
+        trial = study.ask()
+        sample_config(trial)
+        for name, dist in trial.distributions.items():
+            assert name in probe and dist in probe[name], (name, dist)

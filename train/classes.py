@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NUM_CLASSES = 19
+from space.config import NUM_CLASSES
+
 CLASS_NAMES = (
     "background", "skin", "nose", "eye_glasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "earring", "necklace", "neck", "cloth",

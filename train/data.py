@@ -17,6 +17,7 @@ from PIL import Image
 
 from train.classes import CLASS_NAMES, NUM_CLASSES
 from train.imageops import resize_image
+from train.synthetic import ensure_default
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
@@ -116,6 +117,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.stems)
 
+    def head(self, fraction: float) -> Split:
+        """The first `fraction` of the pairs (at least 2): a proxy's training subset, the same one every time."""
+        n = max(2, int(round(len(self) * fraction)))
+        full = None if self.full_masks is None else self.full_masks[:n]
+        masks = None if self.masks is None else self.masks[:n]
+        return Split(self.name, self.stems[:n], self.images[:n], masks, full, self.sizes[:n])
+
 
 def load_split(root: Path, split: str, size: int | None = None, limit: int | None = None,
                keep_full_masks: bool = False) -> Split:
@@ -162,6 +170,16 @@ def load_split(root: Path, split: str, size: int | None = None, limit: int | Non
         full_masks=full if keep_full_masks else None,
         sizes=sizes,
     )
+
+
+def resolve_data(data: Path | None) -> Path:
+    """The data folder a CLI should use: the one given, else data/celebamask-mini/, else the synthetic set."""
+    if data is not None:
+        return Path(data)
+    real = Path("data/celebamask-mini")
+    if real.is_dir():
+        return real
+    return ensure_default()
 
 
 def class_stats(masks: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

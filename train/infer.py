@@ -8,7 +8,9 @@ same code.
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,20 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
     im = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
     im.putpalette(PALETTE.ravel().tolist())
     im.save(path)
+
+
+# Per device type, written once: the search's proxy (size, epochs, share of train, FLOPs cap as a multiple of
+# the costliest preset, 0 = none), the full run of train.final, and DataLoader worker processes.
+DEVICE_DEFAULTS = {
+    "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, flops_cap=1.0, final_size=128, final_epochs=40,
+                loader_workers=0),
+    "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, flops_cap=0.0, final_size=512, final_epochs=60,
+                 loader_workers=6),
+}
+
+
+def device_defaults(device: torch.device) -> dict:
+    return DEVICE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -88,9 +104,27 @@ def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int, device: t
     return logits_to_mask(logits, image.shape[0], image.shape[1])
 
 
+def safe_load(path: Path) -> dict:
+    """A checkpoint of ours, read with `torch.load(weights_only=True)`: never unpickles code. A file that holds
+    code or other objects, or is no PyTorch file at all, is refused with a one-line ValueError."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this is none)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: refused: it holds Python objects beyond tensors and plain data (it could run "
+                         f"code when loaded); facenas checkpoints never do, so it is not one of ours") from None
+    except (RuntimeError, KeyError, EOFError, AttributeError) as e:
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+                         ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a facenas checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
 def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
     """(model, input size) from an exported checkpoint: {"config", "state_dict", "size", "num_classes"}."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "size"} <= set(ckpt):
         raise ValueError(f"{path}: not an exported facenas checkpoint (expected keys config, state_dict, size)")
     model = build_model(ArchConfig.from_dict(ckpt["config"]), ckpt.get("num_classes", 19)).drop_aux()

@@ -8,6 +8,7 @@ challenge metric after upsampling logits to the ground-truth resolution, as the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from space.config import LossConfig, TrainConfig
+from space.config import ArchConfig, LossConfig, TrainConfig
+from space.network import build_model
 from train.augment import train_pipeline
 from train.data import Split, class_stats
 from train.infer import autocast, logits_to_mask, predict_logits, to_tensor
@@ -28,6 +30,8 @@ from train.losses import SegLoss, class_weights
 from train.metric import Scorer
 
 SYNC_EVERY = 10  # steps between host reads of the loss (NaN check, progress)
+EMA_DECAY = 0.99  # full-fidelity runs (train.final, analysis.fidelity) evaluate and export averaged weights
+FULL_EVALS = 10  # a full-fidelity run scores val about this many times
 
 
 class NonFiniteLoss(RuntimeError):
@@ -140,8 +144,9 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
     """Train `model` for `epochs` on `train` (cached at `size`), scoring on `val` every `eval_every` epochs
     and at the end. `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning).
     `state` (optimizer/scheduler/epoch/history from a checkpoint) resumes a run; `on_epoch_end(epoch, state)`
-    receives a resumable state after every epoch. With `train_cfg.ema` > 0 an EMA of the weights is kept,
-    evaluated (the raw weights are scored too, as `raw_f`) and copied into `model` at the end."""
+    receives a resumable state (the model's weights included) after every epoch. With `train_cfg.ema` > 0 an
+    EMA of the weights is kept, evaluated (the raw weights are scored too, as `raw_f`) and copied into `model`
+    at the end."""
     torch.manual_seed(seed)
     model.to(device)
     if device.type == "cuda":
@@ -214,7 +219,8 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         result.history.append(record)
         result.epochs_run = epoch
         if on_epoch_end is not None:
-            on_epoch_end(epoch, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            on_epoch_end(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(),
                                  "epoch": epoch, "history": result.history,
                                  "ema": None if ema is None else ema.state_dict()})
         if callback is not None and "val_f" in record:
@@ -225,3 +231,28 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
     result.seconds = time.perf_counter() - t_start
     result.train_images_per_s = n_images / max(t_train, 1e-9)
     return result
+
+
+def fit_new(arch: ArchConfig, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
+            seed: int, state: dict | None = None, **fit_kwargs) -> tuple[nn.Module, FitResult]:
+    """Build `arch` with initial weights drawn from `seed` alone, then `fit` it with the same seed: a run is
+    reproducible from its configs and seed, whatever the process built or drew before (a search worker's
+    earlier trials). `state` (a checkpoint saved through `on_epoch_end`) resumes it; a finished one is returned
+    with its final weights (the averaged ones when it kept an EMA) and is not trained again."""
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    if state is not None and state["epoch"] >= fit_kwargs["epochs"]:
+        model.load_state_dict(state["ema"]["module"] if state.get("ema") is not None else state["model"])
+        return model, FitResult(history=list(state["history"]), epochs_run=state["epoch"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+    return model, fit(model, train, val, loss_cfg, train_cfg, seed=seed, state=state, **fit_kwargs)
+
+
+def full_fit(arch: ArchConfig, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
+             epochs: int, seed: int, ema: float = EMA_DECAY, **fit_kwargs) -> tuple[nn.Module, FitResult]:
+    """A full-fidelity run exactly as `train.final` trains one (seeded initial weights, an EMA of the weights
+    evaluated and kept, val scored about FULL_EVALS times); `analysis.fidelity` calls the same function, so
+    its full F values are what `train.final` would report."""
+    return fit_new(arch, train, val, loss_cfg, dataclasses.replace(train_cfg, ema=ema), seed=seed, epochs=epochs,
+                   eval_every=max(1, epochs // FULL_EVALS), **fit_kwargs)

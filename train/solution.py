@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = ("train/classes.py", "train/imageops.py", "space/config.py", "space/network.py", "train/infer.py")
+BUNDLED = ("space/config.py", "train/classes.py", "train/imageops.py", "space/network.py", "train/infer.py")
 REQUIREMENTS = "torch>=2.0\nnumpy>=1.24\npillow>=9.0\n"
 
 

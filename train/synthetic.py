@@ -204,16 +204,6 @@ def ensure_default(root: Path = DEFAULT_DIR) -> Path:
     return root
 
 
-def resolve_data(data: Path | None) -> Path:
-    """The data folder a CLI should use: the one given, else data/celebamask-mini/, else the synthetic set."""
-    if data is not None:
-        return Path(data)
-    real = Path("data/celebamask-mini")
-    if real.is_dir():
-        return real
-    return ensure_default()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output root (default: %(default)s)")
