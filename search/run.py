@@ -16,29 +16,25 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.storage import DEFAULT_STORAGE, HEARTBEAT_S, StorageError, is_sqlite, open_storage
+from search.storage import DEFAULT_STORAGE, HEARTBEAT_S, StorageError, is_sqlite, open_storage, require_study
+from space.budget import count_flops
 from space.config import BUDGET
-from space.network import build_model
 from space.presets import PRESETS
-from space.sample import sample_config
-from train.data import DataError, Split, load_split
-from train.infer import pick_device, predict_logits
-from train.loop import NonFiniteLoss, fit
-from train.synthetic import resolve_data
+from space.sample import check_params, parse_assignments, recipe_params, sample_config
+from train.data import DataError, Split, load_split, resolve_data
+from train.infer import device_defaults, pick_device, predict_logits
+from train.loop import NonFiniteLoss, fit_new
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
-DEFAULTS = {  # per device type: proxy size, epochs, train subset, DataLoader workers, FLOPs cap (0 = none)
-    "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, loader_workers=0, flops_cap=1.0),
-    "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, loader_workers=6, flops_cap=0.0),
-}
+FAILURES = (NonFiniteLoss, torch.OutOfMemoryError)  # fail the trial, the study goes on; anything else is a bug
 
 
 @dataclass
@@ -57,22 +53,12 @@ class Settings:
     loader_workers: int
     heartbeat: float = HEARTBEAT_S
     flops_cap: float = 0.0  # prune trials costing more than this multiple of the costliest preset's FLOPs
+    fixed: dict = field(default_factory=dict)  # params held fixed (--fix, --recipe-from); the rest is searched
 
 
 def preset_flops(size: int) -> int:
     """FLOPs of the most expensive hand-designed preset at `size`: the unit of the search's FLOPs cap."""
-    return max(count_flops(build_model(sample_config(optuna.trial.FixedTrial(p))[0]), size)
-               for p in PRESETS.values())
-
-
-def count_flops(model: torch.nn.Module, size: int) -> int:
-    """FLOPs of one forward pass at size x size (torch.utils.flop_counter, the one counter used everywhere)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
-    return int(counter.get_total_flops())
+    return max(count_flops(sample_config(optuna.trial.FixedTrial(p))[0], size) for p in PRESETS.values())
 
 
 class Objective:
@@ -88,11 +74,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
         arch, loss_cfg, train_cfg = sample_config(trial)
-        # the initial weights depend only on the seed and the trial number, not on what the process built before
-        # (preset_flops builds the presets; a worker's earlier trials): a resumed or parallel trial is replayable
-        torch.manual_seed(s.seed + trial.number)
-        model = build_model(arch)
-        flops = count_flops(model, s.proxy_size)  # eval mode: the aux head does not run
+        flops = count_flops(arch, s.proxy_size)
         trial.set_user_attr("flops", flops)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -100,7 +82,6 @@ class Objective:
         if self.max_flops and flops > self.max_flops:
             trial.set_user_attr("over_flops_cap", True)
             raise optuna.TrialPruned(f"{flops / 1e6:.0f} MFLOPs > cap {self.max_flops / 1e6:.0f} (--flops-cap)")
-
         def report(epoch: int, record: dict) -> None:
             trial.report(record["val_f"], epoch)
             if trial.should_prune():
@@ -108,10 +89,11 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with F {record['val_f']:.4f}")
 
         try:
-            result = fit(model, self.train, self.val, loss_cfg, train_cfg, epochs=s.proxy_epochs,
-                         size=s.proxy_size, device=self.device, workers=s.loader_workers,
-                         seed=s.seed + trial.number, callback=report, desc=f"trial {trial.number}")
-        except (NonFiniteLoss, torch.OutOfMemoryError, RuntimeError) as e:
+            # initial weights from the seed and the trial number alone: a resumed or parallel trial is replayable
+            model, result = fit_new(arch, self.train, self.val, loss_cfg, train_cfg, seed=s.seed + trial.number,
+                                    epochs=s.proxy_epochs, size=s.proxy_size, device=self.device,
+                                    workers=s.loader_workers, callback=report, desc=f"trial {trial.number}")
+        except FAILURES as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -131,13 +113,17 @@ class Objective:
                             mimetype="image/png")
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+def make_sampler(name: str, seed: int, fixed: dict | None = None) -> optuna.samplers.BaseSampler:
+    """TPE or random; with `fixed` params, Optuna's PartialFixedSampler around it (the fixed values are still
+    stored as the trial's params, so `train.final` replays them exactly)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=10)
+        if name == "random":
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                                 n_startup_trials=10)
+        return optuna.samplers.PartialFixedSampler(fixed, sampler) if fixed else sampler
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -156,7 +142,7 @@ def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) 
     except KeyError:
         stored = 0
     study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize",
-                                sampler=make_sampler(s.sampler, s.seed + stored),
+                                sampler=make_sampler(s.sampler, s.seed + stored, s.fixed),
                                 pruner=make_pruner(s.pruner, s.proxy_epochs), load_if_exists=True)
     if not study.metric_names:
         with warnings.catch_warnings():
@@ -165,7 +151,8 @@ def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) 
     return study
 
 
-def enqueue_presets(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+def enqueue_presets(study: optuna.Study, storage: optuna.storages.BaseStorage, fixed: dict | None = None
+                    ) -> list[int]:
     """Enqueue each hand-designed preset once; returns the numbers of duplicates dropped.
 
     Optuna's `skip_if_exists` is not atomic (its docs say so): several `search.run` processes started together on
@@ -173,10 +160,11 @@ def enqueue_presets(study: optuna.Study, storage: optuna.storages.BaseStorage) -
     trial that repeats an earlier one: it claims the trial with the same atomic WAITING -> RUNNING step that
     `Study.ask` uses (so no worker trains it) and fails it with user attr `duplicate_of`. FAIL, not PRUNED: TPE
     ignores failed trials but would count a pruned one as a bad result for the preset's parameters. Retries of
-    killed trials (system attr `failed_trial`) keep their preset name and are left alone.
+    killed trials (system attr `failed_trial`) keep their preset name and are left alone. `fixed` params (the
+    search's `--fix`) replace the presets' own, so that presets and searched nets are compared at one recipe.
     """
     for name, params in PRESETS.items():
-        study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+        study.enqueue_trial({**params, **(fixed or {})}, user_attrs={"preset": name}, skip_if_exists=True)
     first: dict[str, int] = {}
     dropped = []
     for t in study.get_trials(deepcopy=False):
@@ -201,9 +189,7 @@ def claim(storage: optuna.storages.BaseStorage, t: optuna.trial.FrozenTrial) -> 
 
 
 def load_data(s: Settings) -> tuple[Split, Split]:
-    train = load_split(s.data, "train", size=s.proxy_size)
-    n = max(2, int(round(len(train) * s.subset)))
-    train = Split(train.name, train.stems[:n], train.images[:n], train.masks[:n], None, train.sizes[:n])
+    train = load_split(s.data, "train", size=s.proxy_size).head(s.subset)
     val = load_split(s.data, "val", size=s.proxy_size, keep_full_masks=True)
     return train, val
 
@@ -217,8 +203,23 @@ def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | N
     train, val = data or load_data(s)
     study = open_study(s)
     callbacks = [optuna.study.MaxTrialsCallback(total, states=None)] if total else []
-    study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=callbacks,
-                   catch=(NonFiniteLoss, torch.OutOfMemoryError, RuntimeError), gc_after_trial=True)
+    study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, say_trial],
+                   catch=FAILURES, gc_after_trial=True)
+
+
+def say_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """One plain line per finished trial, terminal or not (nohup, CI and cluster logs see progress too)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = max((d.value for d in done), default=float("nan"))
+    a = t.user_attrs
+    f = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
+                                             if t.intermediate_values else float("nan"))
+    how = {"PRUNED": (" before training (FLOPs cap)" if a.get("over_flops_cap") else
+                      f" at epoch {a.get('epochs_run', max(t.intermediate_values, default=0))}"),
+           "FAIL": f" ({a.get('fail_reason', 'failed')})"}.get(t.state.name, "")
+    seconds = t.duration.total_seconds() if t.duration else float("nan")
+    print(f"trial {t.number} {t.state.name.lower()}{how}: F={f:.4f} best={best:.4f} "
+          f"params={a.get('params', 0):,} {seconds:.0f} s", flush=True)
 
 
 def n_finished(study: optuna.Study) -> int:
@@ -262,7 +263,10 @@ def save_dashboard_note(study: optuna.Study, s: Settings, text: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="A trial whose loss becomes NaN/inf or that runs out of memory is marked FAIL "
+                                       "with the reason and the search goes on; any other exception is a bug and "
+                                       "ends the run with its traceback (finished trials stay in the study).")
     p.add_argument("--trials", type=int, default=100, help="new trials to run in this invocation")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (challenge layout); default data/celebamask-mini if present, else the "
@@ -290,15 +294,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="prune, before training, any trial whose forward pass costs more FLOPs than this multiple "
                         "of the most expensive preset (0 = no cap; default 1.0 on CPU, where slow nets cannot be "
                         "retrained in time, 0 on CUDA)")
+    p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="hold one parameter of the space at a value (repeatable; the names are the study's "
+                        "parameter names, checked against the space), e.g. --fix batch_size=8; the presets "
+                        "take the fixed values too. `train.final` replays them exactly")
+    p.add_argument("--recipe-from", default=None, metavar="STUDY[:TRIAL]",
+                   help="hold the loss and optimiser params (the recipe) at those of a trial of another study "
+                        "in the same storage (default its best trial), so that only architectures are searched; "
+                        "--fix values win over it")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
     return p.parse_args(argv)
 
 
+def fixed_params(args: argparse.Namespace, storage: optuna.storages.BaseStorage) -> dict:
+    """--recipe-from's recipe, then the --fix values over it; every name and value checked against the space."""
+    fixed = {}
+    if args.recipe_from:
+        name, _, number = args.recipe_from.partition(":")
+        require_study(storage, name)
+        source = optuna.load_study(study_name=name, storage=storage)
+        if number:
+            if not number.isdigit() or int(number) >= len(source.trials) or not source.trials[int(number)].params:
+                raise ValueError(f"--recipe-from {args.recipe_from}: no trial {number} with params in {name!r}")
+            trial = source.trials[int(number)]
+        else:
+            done = source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not done:
+                raise ValueError(f"--recipe-from {name}: the study has no complete trial")
+            trial = max(done, key=lambda t: t.value)
+        fixed = recipe_params(trial.params)
+    fixed.update(parse_assignments(args.fix, "--fix"))
+    return check_params(fixed, "--fix")
+
+
+def check_resumable(study: optuna.Study, s: Settings) -> None:
+    """A study's F values are comparable only under one proxy and one set of fixed params: refuse to mix."""
+    if not study.trials:
+        return
+    proxy = study.user_attrs.get("proxy") or {}
+    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset}
+    changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
+    if study.user_attrs.get("fixed", {}) != s.fixed:
+        changed.append(f"fixed params {study.user_attrs.get('fixed', {})} -> {s.fixed}")
+    if changed:
+        raise ValueError(f"study {s.study!r} was searched with other settings ({'; '.join(changed)}); its F values "
+                         f"would not be comparable: use the same flags, or a new --study")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     device = pick_device(args.device)
-    d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    d = device_defaults(device)
     data = resolve_data(args.data)
     return Settings(
         data=data, study=args.study or f"facenas-{data.resolve().name}", storage=args.storage,
@@ -338,19 +385,23 @@ def main(argv: list[str] | None = None) -> int:
         s = settings_from_args(args)
         data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
         storage = open_storage(s.storage, heartbeat=s.heartbeat)
+        s.fixed = fixed_params(args, storage)
         study = open_study(s, storage)
-    except (ValueError, DataError, StorageError, OSError) as e:
+        check_resumable(study, s)
+    except (ValueError, DataError, StorageError, OSError) as e:  # SpaceError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     finished = n_finished(study)
-    dropped = enqueue_presets(study, storage)
-    study.set_user_attr("data", str(s.data))
+    dropped = enqueue_presets(study, storage, s.fixed)
+    study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
-                                  "device": s.device, "flops_cap": s.flops_cap})
+                                  "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed})
+    study.set_user_attr("fixed", s.fixed)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train; device {s.device}; "
           f"FLOPs cap {f'{s.flops_cap:g}x the costliest preset' if s.flops_cap else 'none'}; "
-          f"budget < {BUDGET:,} params", flush=True)
+          f"budget < {BUDGET:,} params"
+          + (f"; fixed: {', '.join(f'{k}={v}' for k, v in s.fixed.items())}" if s.fixed else ""), flush=True)
     if dropped:
         print(f"search: another process enqueued the presets at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
@@ -369,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
                 proc.start()
             for proc in procs:
                 proc.join()
+            crashed = [proc.exitcode for proc in procs if proc.exitcode]
+            if crashed:
+                print(f"error: {len(crashed)} of {args.workers} workers ended with an exception (traceback "
+                      f"above); finished trials are saved", file=sys.stderr)
+                return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; re-run the same command to continue", file=sys.stderr)
         return 130

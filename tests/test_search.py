@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from conftest import StopAtFit, capture_initial_weights, run_cli
 
 import search.run as run_mod
@@ -39,6 +41,10 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
         assert len(artifacts) == 1 and artifacts[0].mimetype == "image/png"
         assert (art / artifacts[0].artifact_id).stat().st_size > 1000
     assert "optuna-dashboard" in res.stdout and "python -m train.final --study best" in res.stdout
+    # one plain line per finished trial, although no terminal is attached (output captured)
+    for t in study.trials:
+        assert f"trial {t.number} {t.state.name.lower()}" in res.stdout
+    assert re.search(r"trial 0 \w+.*: F=[0-9.]+ best=[0-9.na]+ params=1,[0-9,]+ \d+ s", res.stdout)
     # resume: the same command again adds trials, loses none
     res = run_cli(*search_args(tiny_data, storage, art, 2), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -83,6 +89,11 @@ def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
     (["--trials", "0"], "--trials must be >= 1"),
     (["--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
     (["--data", "/nonexistent/faces"], "folder missing"),
+    (["--fix", "bogus=1"], "--fix bogus: not a parameter of the search space"),
+    (["--fix", "batch_size=9"], "--fix batch_size=9: outside the space; expected one of 8, 16"),
+    (["--fix", "lr_adamw=0.5"], "--fix lr_adamw=0.5: outside the space; expected 0.0005..0.01"),
+    (["--fix", "batch_size"], "expected NAME=VALUE"),
+    (["--recipe-from", "nope"], "study 'nope' not found"),
 ])
 def test_bad_arguments(tmp_path, args, message):
     res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
@@ -90,7 +101,9 @@ def test_bad_arguments(tmp_path, args, message):
 
 
 def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, monkeypatch):
-    real_fit, calls = run_mod.fit, []
+    import train.loop
+
+    real_fit, calls = train.loop.fit, []
 
     def flaky_fit(*args, **kwargs):
         calls.append(1)
@@ -98,7 +111,7 @@ def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, mo
             raise run_mod.NonFiniteLoss("loss became nan at epoch 1")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "fit", flaky_fit)
+    monkeypatch.setattr(train.loop, "fit", flaky_fit)
     s = run_mod.Settings(data=tiny_data, study="t", storage=f"sqlite:///{tmp_path / 's.db'}",
                          artifact_dir=tmp_path / "art", proxy_size=32, proxy_epochs=1, subset=1.0, sampler="tpe",
                          pruner="none", seed=0, device="cpu", loader_workers=0)
@@ -140,7 +153,7 @@ def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, m
     """Initial weights depend on the seed and trial number only (not on the process's earlier draws)."""
     import torch
 
-    seen = capture_initial_weights(monkeypatch, run_mod)
+    calls = capture_initial_weights(monkeypatch)
     s = run_mod.Settings(data=tmp_path, study="t", storage="", artifact_dir=tmp_path / "a", proxy_size=32,
                          proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=5, device="cpu",
                          loader_workers=0)
@@ -156,4 +169,63 @@ def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, m
         study = optuna.create_study()
         study.enqueue_trial(run_mod.PRESETS["deeplab_lite"])
         objective(study.ask())
+    seen = [c.weights for c in calls]
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+
+
+RECIPE = {"batch_size": 8, "loss_dice": 1.0, "class_weight_power": 0.25, "optimizer": "adamw", "lr_adamw": 0.009}
+
+
+def test_fixed_params_hold_in_every_trial_and_train_final_replays_them(tiny_data, tmp_path):
+    storage, art = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "art"
+    fix = [a for k, v in RECIPE.items() for a in ("--fix", f"{k}={v}")]
+    res = run_cli(*search_args(tiny_data, storage, art, 4, "--proxy-size", "32", "--proxy-epochs", "1",
+                               "--pruner", "none", *fix), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(storage)
+    assert study.user_attrs["fixed"] == RECIPE
+    for t in study.trials:  # the presets take the fixed values too
+        assert {k: t.params[k] for k in RECIPE} == RECIPE, t.number
+    # train.final replays a trial's fixed params exactly
+    out = tmp_path / "final"
+    res = run_cli("train.final", "--study", "t", "--trial", "3", "--storage", storage, "--epochs", "1",
+                  "--size", "32", "--out", str(out), "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["train"]["batch_size"] == 8 and last["train"]["lr"] == 0.009 and last["loss"]["dice"] == 1.0
+    assert last["loss"]["class_weight_power"] == 0.25
+    # resuming the study under other fixed params would mix incomparable F values: refused
+    res = run_cli(*search_args(tiny_data, storage, art, 1, "--proxy-size", "32", "--proxy-epochs", "1"),
+                  cwd=tmp_path)
+    assert res.returncode == 2 and "was searched with other settings (fixed params" in res.stderr
+    # --recipe-from copies the loss and optimiser params of a trial (the others stay searched) into a new study
+    res = run_cli(*search_args(tiny_data, storage, art, 1, "--proxy-size", "32", "--proxy-epochs", "1",
+                               "--pruner", "none", "--study", "u", "--recipe-from", "t:3"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    source = study.trials[3].params
+    u = optuna.load_study(study_name="u", storage=open_storage(storage, heartbeat=None))
+    assert u.user_attrs["fixed"]["lr_adamw"] == 0.009 and "n_stages" not in u.user_attrs["fixed"]
+    assert all(u.trials[0].params[k] == source[k] for k in u.user_attrs["fixed"])
+
+
+def test_nonfinite_loss_and_oom_fail_the_trial_other_errors_end_the_run(tiny_data, tmp_path, monkeypatch):
+    import train.loop
+
+    s = run_mod.Settings(data=tiny_data, study="t", storage=f"sqlite:///{tmp_path / 's.db'}",
+                         artifact_dir=tmp_path / "art", proxy_size=32, proxy_epochs=1, subset=1.0, sampler="tpe",
+                         pruner="none", seed=0, device="cpu", loader_workers=0)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train.loop, "fit", oom)
+    run_mod.run_worker(s, 1, None, None, 0)
+    assert "OutOfMemoryError" in load(s.storage).trials[0].user_attrs["fail_reason"]
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in the code")
+
+    monkeypatch.setattr(train.loop, "fit", bug)
+    with pytest.raises(KeyError, match="a bug in the code"):
+        run_mod.run_worker(s, 3, None, None, 0)
+    assert len(load(s.storage).trials) == 2  # it stopped at the first such trial instead of failing all three
