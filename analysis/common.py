@@ -18,9 +18,25 @@ def rank_correlations(proxy: list[float], full: list[float]) -> tuple[float, flo
     return float(stats.kendalltau(proxy, full).statistic), float(stats.spearmanr(proxy, full).statistic)
 
 
-ATTR = "full_fidelity"  # study user attr: {trial number: {"f", "epochs", "size"}}
+# Study user attrs written by `analysis.fidelity`, one per trial (parallel writers never overwrite each other):
+ATTR = "full_fidelity"  # f"{ATTR}:{trial}" -> {"f", "epochs", "size", "seed", "ema", "seconds"}
+VARIANT_ATTR = "proxy_variant"  # f"{VARIANT_ATTR}:{variant}:{trial}" -> {signal: value, "seconds": s}
 
 
 def recorded(study: optuna.Study) -> dict[int, float]:
-    """Trial number -> full-fidelity F stored in the study by `analysis.fidelity`."""
-    return {int(n): v["f"] for n, v in (study.user_attrs.get(ATTR) or {}).items()}
+    """Trial number -> full-fidelity F stored in the study by `analysis.fidelity` (also the older single-dict
+    form `full_fidelity` = {trial: {...}})."""
+    attrs = study.user_attrs
+    out = {int(n): v["f"] for n, v in (attrs.get(ATTR) or {}).items()}
+    out.update({int(k.split(":")[1]): v["f"] for k, v in attrs.items() if k.startswith(ATTR + ":")})
+    return out
+
+
+def variant_results(study: optuna.Study) -> dict[str, dict[int, dict]]:
+    """Proxy variant name -> trial number -> its signals, as `analysis.fidelity --proxy` stored them."""
+    out: dict[str, dict[int, dict]] = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(VARIANT_ATTR + ":"):
+            _, variant, number = key.split(":")
+            out.setdefault(variant, {})[int(number)] = value
+    return out

@@ -1,70 +1,216 @@
-"""`python -m analysis.fidelity --study NAME --k K [--epochs E] [--size PX]`: can the proxy be trusted?
+"""`python -m analysis.fidelity --study NAME --k K`: can the proxy be trusted?
 
-Retrains K finished trials chosen across the proxy ranking (evenly from the best to the median, not only the
-top) at full fidelity, records their full F in the study (user attr `full_fidelity`, which the report reads),
-and prints Kendall tau and Spearman rho between proxy F and full F.
+Retrains K complete trials chosen across the proxy ranking (evenly from the best to the median, not only the top)
+exactly as `train.final` trains (the same function: initial weights from `--seed`, an EMA of the weights, the same
+evaluation), records each full F in the study (user attr `full_fidelity:<trial>`, saved after each retrain) and
+prints Kendall tau and Spearman rho between proxy F and full F.
+
+`--proxy SIZE:EPOCHS:SUBSET` instead re-runs, under that proxy variant, every trial that has a full F, and scores
+three ranking signals against the full F: the last val F, the mean of the last two evaluations, and the summed
+training loss (lower is better). `--table` prints tau, rho, K and seconds per trial of every variant measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 
-from analysis.common import ATTR, complete_trials, rank_correlations, recorded
+from analysis.common import ATTR, VARIANT_ATTR, complete_trials, rank_correlations, recorded, variant_results
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
-from space.network import build_model
-from train.data import DataError, load_split
-from train.final import FinalError, replay
+from space.sample import SpaceError, replay
+from train.data import DataError, load_split, resolve_data
 from train.infer import pick_device
-from train.loop import fit
-from train.synthetic import resolve_data
+from train.loop import EMA_DECAY, fit_new, full_fit
+
+SIGNALS = ("last_f", "mean_last2_f", "neg_loss_sum")  # each: higher should mean a better network
+
+
+class FidelityError(ValueError):
+    """A problem that stops the command, with a one-line message."""
 
 
 def spread_across_ranking(trials: list[optuna.trial.FrozenTrial], k: int) -> list[optuna.trial.FrozenTrial]:
-    """K trials evenly spaced from the best to the median of the proxy ranking."""
+    """K trials evenly spaced from the best to the median of the proxy ranking; when the top half holds fewer
+    than K (a heavily pruned study), the spread reaches further down, so that K are still picked."""
     ranked = sorted(trials, key=lambda t: -t.value)
-    median_rank = (len(ranked) - 1) // 2
-    picks = np.unique(np.round(np.linspace(0, median_rank, min(k, median_rank + 1))).astype(int))
+    last = max((len(ranked) - 1) // 2, min(k, len(ranked)) - 1)
+    picks = np.unique(np.round(np.linspace(0, last, min(k, last + 1))).astype(int))
     return [ranked[i] for i in picks]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.fidelity", description=__doc__.split("\n")[0])
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--k", type=int, required=True, help="number of trials to retrain")
-    p.add_argument("--epochs", type=int, default=40, help="full-fidelity epochs")
-    p.add_argument("--size", type=int, default=128, help="full-fidelity resolution (px)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
-    p.add_argument("--data", type=Path, default=None, help="dataset root (default as in search.run)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    args = p.parse_args(argv)
-    if args.k < 2:
-        print(f"error: --k must be >= 2 to rank anything, got {args.k}", file=sys.stderr)
-        return 2
+def parse_variant(text: str) -> tuple[int, int, float]:
+    """'96:4:0.4' -> (size, epochs, subset)."""
     try:
+        size, epochs, subset = text.split(":")
+        out = int(size), int(epochs), float(subset)
+    except ValueError:
+        raise FidelityError(f"--proxy {text!r}: expected SIZE:EPOCHS:SUBSET, e.g. 96:4:0.4") from None
+    if out[0] < 32 or out[1] < 1 or not 0 < out[2] <= 1:
+        raise FidelityError(f"--proxy {text!r}: size >= 32, epochs >= 1 and 0 < subset <= 1 expected")
+    return out
+
+
+def variant_name(size: int, epochs: int, subset: float) -> str:
+    return f"{size}x{epochs}x{subset:g}"
+
+
+def signals(history: list[dict]) -> dict[str, float]:
+    """Ranking signals of one proxy run from its per-epoch history."""
+    evals = [h["val_f"] for h in history if "val_f" in h]
+    return {"last_f": evals[-1], "mean_last2_f": float(np.mean(evals[-2:])),
+            "neg_loss_sum": -float(sum(h["loss"] for h in history))}
+
+
+def data_root(study: optuna.Study, given: Path | None) -> Path:
+    """--data, else the folder the study was searched on (exit 2 if it is gone), else the default data."""
+    if given is not None:
+        return Path(given)
+    recorded_data = study.user_attrs.get("data")
+    if recorded_data is None:
+        return resolve_data(None)
+    if not Path(recorded_data).is_dir():
+        raise FidelityError(f"study {study.study_name!r} was searched on {recorded_data}, which is gone; "
+                            f"pass --data ROOT")
+    return Path(recorded_data)
+
+
+def retrain(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
+    """Full-fidelity retrains of `numbers` (one process's share), each recorded as soon as it is done."""
+    if threads:
+        torch.set_num_threads(threads)
+    study = load_existing_study(args.storage, args.study)
+    data = data_root(study, args.data)
+    train = load_split(data, "train", size=args.size)
+    val = load_split(data, "val", size=args.size, keep_full_masks=True)
+    device = pick_device(args.device)
+    for number in numbers:
+        trial = study.trials[number]
+        arch, loss_cfg, train_cfg = replay(trial)
+        t0 = time.perf_counter()
+        _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,
+                             ema=args.ema, size=args.size, device=device, desc=f"fidelity #{number}")
+        study.set_user_attr(f"{ATTR}:{number}", {
+            "f": fitted.final_f, "epochs": args.epochs, "size": args.size, "seed": args.seed, "ema": args.ema,
+            "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"trial #{number}: proxy F {trial.value:.4f} -> full F {fitted.final_f:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
+    """Re-run the proxy of `numbers` under `args.proxy`, as the search's objective trains one (same seed rule)."""
+    if threads:
+        torch.set_num_threads(threads)
+    size, epochs, subset = parse_variant(args.proxy)
+    name = variant_name(size, epochs, subset)
+    study = load_existing_study(args.storage, args.study)
+    data = data_root(study, args.data)
+    train = load_split(data, "train", size=size).head(subset)
+    val = load_split(data, "val", size=size, keep_full_masks=True)
+    device = pick_device(args.device)
+    seed = (study.user_attrs.get("proxy") or {}).get("seed", 0)
+    for number in numbers:
+        arch, loss_cfg, train_cfg = replay(study.trials[number])
+        t0 = time.perf_counter()
+        _, fitted = fit_new(arch, train, val, loss_cfg, train_cfg, seed=seed + number, epochs=epochs, size=size,
+                            device=device, desc=f"proxy {name} #{number}")
+        found = {**signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
+        study.set_user_attr(f"{VARIANT_ATTR}:{name}:{number}", found)
+        print(f"trial #{number}: proxy {name} last F {found['last_f']:.4f} ({found['seconds']:.0f} s)", flush=True)
+
+
+def run_parallel(target, args: argparse.Namespace, numbers: list[int]) -> int:
+    """`target` over `numbers`, split across `args.workers` processes (one thread each share of the cores)."""
+    if args.workers == 1:
+        target(args, numbers, 0)
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(args, numbers[i::args.workers], threads)) for i in range(args.workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return sum(1 for proc in procs if proc.exitcode)
+
+
+def table(study: optuna.Study) -> str:
+    """A markdown table: each proxy variant and signal against the recorded full F."""
+    full = recorded(study)
+    proxy = {t.number: t.value for t in complete_trials(study)}
+    rows = ["| proxy variant | signal | Kendall tau | Spearman rho | K | seconds per trial |",
+            "|---|---|---|---|---|---|"]
+    in_study = [n for n in full if n in proxy]
+    tau, rho = rank_correlations([proxy[n] for n in in_study], [full[n] for n in in_study])
+    rows.append(f"| as searched (study) | last_f | {tau:.3f} | {rho:.3f} | {len(in_study)} | "
+                f"{np.mean([study.trials[n].duration.total_seconds() for n in in_study]):.0f} |")
+    for name, found in sorted(variant_results(study).items()):
+        both = [n for n in found if n in full]
+        seconds = np.mean([found[n]["seconds"] for n in both])
+        for signal in SIGNALS:
+            tau, rho = rank_correlations([found[n][signal] for n in both], [full[n] for n in both])
+            rows.append(f"| {name} | {signal} | {tau:.3f} | {rho:.3f} | {len(both)} | {seconds:.0f} |")
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m analysis.fidelity", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--k", type=int, default=8, help="number of trials to retrain (spread from best to median)")
+    p.add_argument("--epochs", type=int, default=20, help="full-fidelity epochs (the CPU tier)")
+    p.add_argument("--size", type=int, default=128, help="full-fidelity resolution in px (the CPU tier)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order, as train.final")
+    p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay of the weights, as train.final")
+    p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS:SUBSET",
+                   help="instead of retraining: re-run this proxy variant on every trial with a full F")
+    p.add_argument("--table", action="store_true", help="only print the table of every variant measured")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (the cores are split between them)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default: the study's own data folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.k < 2 or args.workers < 1:
+            raise FidelityError(f"--k must be >= 2 to rank anything and --workers >= 1, got {args.k}, {args.workers}")
+        if args.proxy:
+            parse_variant(args.proxy)
         study = load_existing_study(args.storage, args.study)
-        picks = spread_across_ranking(complete_trials(study), args.k)
-        if len(picks) < 2:
-            raise FinalError(f"study {args.study!r} has too few complete trials to compare ({len(picks)})")
-        data = resolve_data(args.data)
-        train = load_split(data, "train", size=args.size)
-        val = load_split(data, "val", size=args.size, keep_full_masks=True)
-        device = pick_device(args.device)
-        results = dict(study.user_attrs.get(ATTR) or {})
-        for i, trial in enumerate(picks, 1):
-            arch, loss_cfg, train_cfg = replay(trial)
-            fitted = fit(build_model(arch), train, val, loss_cfg, train_cfg, epochs=args.epochs, size=args.size,
-                         device=device, eval_every=args.epochs, desc=f"fidelity {i}/{len(picks)} #{trial.number}")
-            results[str(trial.number)] = {"f": fitted.final_f, "epochs": args.epochs, "size": args.size}
-            study.set_user_attr(ATTR, results)  # saved after each retrain: nothing lost on a crash
-            print(f"trial #{trial.number}: proxy F {trial.value:.4f} -> full F {fitted.final_f:.4f}", flush=True)
-    except (StorageError, FinalError, DataError) as e:
+        data_root(study, args.data)
+        if args.table:
+            print(table(study))
+            return 0
+        if args.proxy:
+            numbers = sorted(recorded(study))
+            if len(numbers) < 2:
+                raise FidelityError(f"study {args.study!r} has {len(numbers)} full-fidelity results; run "
+                                    f"`python -m analysis.fidelity --study {args.study} --k K` first")
+            failed = run_parallel(rerun_proxy, args, numbers)
+        else:
+            picks = spread_across_ranking(complete_trials(study), args.k)
+            if len(picks) < 2:
+                raise FidelityError(f"study {args.study!r} has too few complete trials to compare ({len(picks)})")
+            print(f"fidelity: retraining trials {', '.join(f'#{t.number}' for t in picks)} at {args.size} px for "
+                  f"{args.epochs} epochs (seed {args.seed}, EMA {args.ema})", flush=True)
+            failed = run_parallel(retrain, args, [t.number for t in picks])
+    except (StorageError, FidelityError, SpaceError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if failed:
+        print(f"error: {failed} worker(s) ended with an exception (traceback above)", file=sys.stderr)
+        return 1
+    study = load_existing_study(args.storage, args.study)
     full = recorded(study)
     proxy = {t.number: t.value for t in complete_trials(study)}
     pairs = [(proxy[n], f) for n, f in full.items() if n in proxy]
@@ -72,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if tau != tau:
         print("note: the scores of one side are all equal, so no ranking can be compared (train longer?)")
     print(f"kendall_tau={tau:.3f} spearman_rho={rho:.3f} trials={len(pairs)}")
+    if args.proxy:
+        print(table(study))
     return 0
 
 

@@ -6,15 +6,17 @@ import shutil
 import subprocess
 import threading
 import urllib.request
+from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import numpy as np
 import optuna
 import pytest
-from conftest import run_cli
+import torch
+from conftest import StopAtFit, capture_initial_weights, run_cli
 from PIL import Image
 
-from analysis.common import ATTR, rank_correlations
+from analysis.common import ATTR, rank_correlations, recorded, variant_results
 from analysis.fidelity import spread_across_ranking
 from analysis.report import write_report
 from search.storage import open_storage
@@ -86,23 +88,66 @@ def test_fidelity_picks_spread_from_best_to_median(tmp_path):
     picks = spread_across_ranking(done, 4)
     assert picks[0].number == ranked[0].number
     assert picks[-1].number == ranked[(len(ranked) - 1) // 2].number and len(picks) == 4
+    # a heavily pruned study with 10 complete trials: K = 8 reach below the median instead of giving fewer
+    picks = spread_across_ranking(ranked[:10], 8)
+    assert len(picks) == 8 and picks[0] is ranked[0] and picks[-1] is ranked[7]
 
 
-def test_fidelity_cli_retrains_and_records(tmp_path, tiny_data):
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(study_name="f", storage=open_storage(storage, heartbeat=None),
-                                direction="maximize")
+def _fidelity_study(storage: str, data: Path) -> optuna.Study:
+    study = optuna.create_study(study_name="f", storage=open_storage(storage, heartbeat=None), direction="maximize")
     for value, name in zip((0.3, 0.2, 0.1), sorted(PRESETS)):
         study.enqueue_trial(PRESETS[name])
         trial = study.ask()
         sample_config(trial)
         study.tell(trial, value)
+    study.set_user_attr("data", str(data))  # as search.run records it
+    return study
+
+
+def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_data):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _fidelity_study(storage, tiny_data)
     res = run_cli("analysis.fidelity", "--study", "f", "--k", "2", "--epochs", "1", "--size", "32",
-                  "--storage", storage, "--data", str(tiny_data), "--device", "cpu")
+                  "--storage", storage, "--device", "cpu", "--workers", "2")  # data: the study's own folder
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(r"kendall_tau=(-?[0-9.]+|nan) spearman_rho=(-?[0-9.]+|nan) trials=2", res.stdout)
-    stored = optuna.load_study(study_name="f", storage=storage).user_attrs[ATTR]
-    assert set(stored) == {"0", "1"} and all(0 <= v["f"] <= 1 for v in stored.values())
+    study = optuna.load_study(study_name="f", storage=storage)
+    stored = recorded(study)
+    assert set(stored) == {0, 1} and all(0 <= f <= 1 for f in stored.values())
+    assert all(study.user_attrs[f"{ATTR}:{n}"]["seed"] == 0 for n in stored)
+    res = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2:0.5", "--storage", storage,
+                  "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    found = variant_results(optuna.load_study(study_name="f", storage=storage))["32x2x0.5"]
+    assert set(found) == {0, 1} and found[0]["neg_loss_sum"] < 0 and 0 <= found[0]["mean_last2_f"] <= 1
+    for signal in ("last_f", "mean_last2_f", "neg_loss_sum"):
+        assert f"| 32x2x0.5 | {signal} |" in res.stdout
+    assert "| as searched (study) | last_f |" in res.stdout
+    bad = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
+    assert bad.returncode == 2 and "expected SIZE:EPOCHS:SUBSET" in bad.stderr
+
+
+def test_fidelity_retrains_exactly_as_train_final_does(tmp_path, tiny_data, monkeypatch):
+    """Same trial, same seed: the same initial weights, EMA and evaluation schedule as `train.final`."""
+    import analysis.fidelity as fidelity
+    import train.final as final_mod
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _fidelity_study(storage, tiny_data)
+    calls = capture_initial_weights(monkeypatch)
+    common = ["--study", "f", "--storage", storage, "--size", "32", "--epochs", "20", "--device", "cpu"]
+    for seed in (3, 4):
+        torch.randn(1000)  # what the process drew before must not matter
+        with pytest.raises(StopAtFit):
+            fidelity.retrain(fidelity.parse_args([*common, "--seed", str(seed)]), [1], 0)
+    with pytest.raises(StopAtFit):
+        final_mod.run(final_mod.parse_args([*common, "--trial", "1", "--seed", "3", "--out", str(tmp_path / "o")]))
+    fid3, fid4, final = calls
+    assert torch.equal(fid3.weights, final.weights) and not torch.equal(fid3.weights, fid4.weights)
+    assert fid3.train_cfg == final.train_cfg and final.train_cfg.ema == 0.99
+    keys = ("epochs", "eval_every", "seed", "size")
+    assert {k: fid3.kwargs[k] for k in keys} == {k: final.kwargs[k] for k in keys} == {
+        "epochs": 20, "eval_every": 2, "seed": 3, "size": 32}
 
 
 class _Quiet(WSGIRequestHandler):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, StopAtFit, capture_initial_weights, run_cli
@@ -32,11 +35,19 @@ def searched(tiny_data, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_path):
+    """README's flow: `search.run --data ROOT`, then `train.final --study NAME` with no --data retrains on ROOT."""
     work, storage = searched
     out = work / "out"
-    res = run_cli("train.final", "--study", "best", "--storage", storage, "--data", str(tiny_data),
+    res = run_cli("train.final", "--study", "t", "--storage", storage,
                   "--epochs", "2", "--size", "32", "--out", str(out), "--device", "cpu", cwd=work)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert f"data {tiny_data.resolve()};" in res.stdout and "note:" not in res.stdout
+    assert not (work / "data").exists()  # no synthetic set was generated to train on instead
+    # one plain line per evaluated epoch (no terminal attached), and the history as CSV beside the checkpoint
+    assert re.search(r"epoch 1/2: loss [0-9.]+, val F [0-9.]+ \(raw weights [0-9.]+\), [0-9.]+ img/s", res.stdout)
+    assert "epoch 2/2:" in res.stdout
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and {"loss", "val_f", "val_f_raw", "seconds"} <= set(history.columns)
     report = (out / "report.md").read_text()
     assert report.count("val F-measure") == 1 and "EMA 0.99 (raw weights: 0." in report
     assert "with flip TTA at prediction: 0." in report
@@ -193,7 +204,7 @@ def test_final_initial_weights_depend_on_the_seed_only(tiny_data, tmp_path, monk
     """`--seed` fixes the initial weights whatever the process drew before; another seed gives others."""
     import train.final as final_mod
 
-    seen = capture_initial_weights(monkeypatch, final_mod)
+    calls = capture_initial_weights(monkeypatch)
     for i, (draws, seed) in enumerate([(0, 3), (1000, 3), (0, 4)]):
         torch.randn(draws)  # what an earlier build or import would have consumed
         args = final_mod.parse_args(["--preset", "deeplab_lite", "--data", str(tiny_data), "--size", "32",
@@ -201,4 +212,81 @@ def test_final_initial_weights_depend_on_the_seed_only(tiny_data, tmp_path, monk
                                      "--out", str(tmp_path / str(i))])
         with pytest.raises(StopAtFit):
             final_mod.run(args)
+    seen = [c.weights for c in calls]
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+
+
+def _study_with_one_trial(storage: str, name: str, data: str | None):
+    from search.storage import open_storage
+    from space.presets import PRESETS
+    from space.sample import sample_config
+
+    study = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat=None), direction="maximize")
+    study.enqueue_trial(PRESETS["dw_unet"])
+    trial = study.ask()
+    sample_config(trial)
+    study.tell(trial, 0.5)
+    if data is not None:
+        study.set_user_attr("data", data)
+    return study
+
+
+def test_the_study_data_is_used_and_a_gone_folder_is_named(tmp_path, tiny_data, capsys):
+    from train.final import Chosen, FinalError, choose_data
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _study_with_one_trial(storage, "gone", "/nonexistent/faces")
+    res = run_cli("train.final", "--study", "gone", "--storage", storage, "--device", "cpu", cwd=tmp_path)
+    assert res.returncode == 2 and "was searched on /nonexistent/faces, which is gone; pass --data ROOT" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "data").exists()
+    chosen = Chosen("s", None, str(tiny_data))
+    assert choose_data(None, chosen) == tiny_data
+    assert choose_data(tiny_data, chosen) == tiny_data and "note" not in capsys.readouterr().out
+    assert choose_data(tmp_path, chosen) == tmp_path
+    note = f"note: --data {tmp_path}: retraining on other data than the study was searched on"
+    assert note in capsys.readouterr().out
+    with pytest.raises(FinalError, match="nowhere"):
+        choose_data(None, Chosen("s", None, str(tmp_path / "nowhere")))
+
+
+def test_study_best_never_compares_studies_it_takes_the_most_recent(tmp_path, capsys):
+    from search.storage import open_storage
+    from train.final import FinalError, choose_trial
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _study_with_one_trial(storage, "only", None)
+    assert choose_trial(open_storage(storage, heartbeat=None), "best", None).study == "only"
+    assert "note" not in capsys.readouterr().out
+    newer = _study_with_one_trial(storage, "newer", None)
+    newer.tell(newer.ask(), 0.1)  # a lower F than "only": best means the most recent study, not the highest F
+    chosen = choose_trial(open_storage(storage, heartbeat=None), "best", None)
+    assert chosen.study == "newer" and chosen.trial.value == 0.5
+    assert "using the most recent, 'newer' (others: only;" in capsys.readouterr().out
+    with pytest.raises(FinalError, match="--trial needs --study NAME"):
+        choose_trial(open_storage(storage, heartbeat=None), "best", 0)
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_checkpoints_that_hold_code_or_are_not_ours_are_refused_in_one_line(tmp_path, searched):
+    work, storage = searched
+    torch.save({"config": _Code(), "state_dict": {}, "size": 32}, tmp_path / "code.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    img = tmp_path / "face.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    for name, message in [("code.pth", "refused: it holds Python objects beyond tensors and plain data"),
+                          ("text.pth", "not a PyTorch checkpoint"), ("list.pth", "not a facenas checkpoint")]:
+        res = run_cli("train.predict", "--weights", str(tmp_path / name), "--input", str(img), "--output",
+                      str(tmp_path / "o"), "--device", "cpu", cwd=tmp_path)
+        assert res.returncode == 2 and message in res.stderr, (name, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "weights_only" not in res.stderr
+    out = tmp_path / "final"  # a resumable last.pth that holds code is refused too, before anything is trained
+    out.mkdir()
+    torch.save({"config": _Code()}, out / "last.pth")
+    res = run_cli("train.final", "--study", "t", "--storage", storage, "--epochs", "1", "--size", "32",
+                  "--out", str(out), "--device", "cpu", cwd=work)
+    assert res.returncode == 2 and "refused: it holds Python objects" in res.stderr and "Traceback" not in res.stderr

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,19 +22,14 @@ import torch
 
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, require_study, study_names
 from space.budget import count_params
-from space.config import BUDGET, ArchConfig, LossConfig, TrainConfig
-from space.network import build_model
+from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
-from space.sample import sample_config
-from train.data import DataError, Split, list_split, load_split
-from train.infer import load_rgb, pick_device, predict_mask, save_mask
-from train.loop import FitResult, evaluate, fit
+from space.sample import SpaceError, parse_assignments, replay, sample_config
+from train.data import DataError, Split, list_split, load_split, resolve_data
+from train.infer import device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
+from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
 from train.metric import Scorer
 from train.solution import write_solution
-from train.synthetic import resolve_data
-
-EMA_DECAY = 0.99
-CPU_DEFAULTS, CUDA_DEFAULTS = {"size": 128, "epochs": 40}, {"size": 512, "epochs": 60}
 
 
 class FinalError(ValueError):
@@ -47,33 +40,61 @@ class FinalError(ValueError):
 class Chosen:
     study: str
     trial: optuna.trial.FrozenTrial
+    data: str | None = None  # the data folder the study was searched on (study user attr `data`)
+
+
+def most_recent(storage: optuna.storages.BaseStorage, names: list[str]) -> str:
+    """The study with the latest finished (else started) trial."""
+    def last(name: str) -> float:
+        times = [t.datetime_complete or t.datetime_start for t in
+                 optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
+        return max((t.timestamp() for t in times if t is not None), default=0.0)
+    return max(names, key=last)
 
 
 def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int | None) -> Chosen:
-    """The trial to retrain: `--trial N` of a study, the best of a study, or the best over all studies."""
+    """The trial to retrain: `--trial N` or the best trial of one study. F values of different studies (other
+    data, other proxy settings) are never compared: `--study best` means the storage's only study, or with
+    several the most recent one, named in a note with the others."""
     names = study_names(storage)
     if not names:
         raise FinalError("the storage holds no studies; run `python -m search.run` first")
-    if study != "best":
-        require_study(storage, study)
-    candidates = names if study == "best" else [study]
-    if number is not None:
-        if study == "best" and len(names) > 1:
+    if study == "best" and len(names) > 1:
+        if number is not None:
             raise FinalError(f"--trial needs --study NAME (studies: {', '.join(names)})")
-        trials = optuna.load_study(study_name=candidates[0], storage=storage).trials
+        study = most_recent(storage, names)
+        print(f"note: --study best: {len(names)} studies in this storage; using the most recent, {study!r} "
+              f"(others: {', '.join(n for n in names if n != study)}; pass --study NAME for another)", flush=True)
+    elif study == "best":
+        study = names[0]
+    require_study(storage, study)
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    data = loaded.user_attrs.get("data")
+    if number is not None:
+        trials = loaded.trials
         if not 0 <= number < len(trials) or not trials[number].params:
-            raise FinalError(f"trial {number} not found (or has no params) in study {candidates[0]!r}")
-        return Chosen(candidates[0], trials[number])
-    best: Chosen | None = None
-    for name in candidates:
-        done = optuna.load_study(study_name=name, storage=storage).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        for t in done:
-            if best is None or t.value > best.trial.value:
-                best = Chosen(name, t)
-    if best is None:
-        raise FinalError(f"no finished trial in {', '.join(candidates)}; let the search complete a trial first")
-    return best
+            raise FinalError(f"trial {number} not found (or has no params) in study {study!r}")
+        return Chosen(study, trials[number], data)
+    done = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        raise FinalError(f"no finished trial in {study!r}; let the search complete a trial first")
+    return Chosen(study, max(done, key=lambda t: t.value), data)
+
+
+def choose_data(given: Path | None, chosen: Chosen) -> Path:
+    """The study's own data folder unless --data says otherwise (then a one-line note); presets and studies
+    that recorded none fall back to `resolve_data`."""
+    if chosen.data is None:
+        return resolve_data(given)
+    recorded = Path(chosen.data)
+    if given is None:
+        if not recorded.is_dir():
+            raise FinalError(f"study {chosen.study!r} was searched on {recorded}, which is gone; pass --data ROOT")
+        return recorded
+    if Path(given).resolve() != recorded.resolve():
+        print(f"note: --data {given}: retraining on other data than the study was searched on ({recorded})",
+              flush=True)
+    return Path(given)
 
 
 def preset_trial(name: str) -> Chosen:
@@ -86,46 +107,6 @@ def preset_trial(name: str) -> Chosen:
     sample_config(trial)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no proxy score: it was never trained here
     return Chosen(f"preset-{name}", study.trials[0])
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`--set NAME=VALUE` pairs; values are read as JSON (numbers, true/false) or else kept as strings."""
-    out = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise FinalError(f"--set {item!r}: expected NAME=VALUE, e.g. --set class_weight_power=0.25")
-        text = {"True": "true", "False": "false"}.get(text, text)
-        try:
-            out[name] = json.loads(text)
-        except json.JSONDecodeError:
-            out[name] = text
-    return out
-
-
-def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
-           ) -> tuple[ArchConfig, LossConfig, TrainConfig]:
-    """The trial's (architecture, loss, recipe), rebuilt from its params; `overrides` replace some params."""
-    fixed = optuna.trial.FixedTrial(trial.params)
-    arch, loss_cfg, train_cfg = sample_config(fixed)
-    stored = trial.user_attrs.get("params")
-    if stored is not None and stored != fixed.user_attrs["params"]:
-        raise FinalError(f"trial {trial.number} replays to {fixed.user_attrs['params']} params, but the study "
-                         f"recorded {stored}: the search space changed since the search")
-    if not overrides:
-        return arch, loss_cfg, train_cfg
-    fixed = optuna.trial.FixedTrial({**trial.params, **overrides})
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # FixedTrial only warns about values outside the space
-            arch, loss_cfg, train_cfg = sample_config(fixed)
-    except (ValueError, UserWarning) as e:
-        raise FinalError(f"--set {overrides}: {e}") from None
-    unused = sorted(set(overrides) - set(fixed.params))
-    if unused:
-        raise FinalError(f"--set {', '.join(unused)}: not a parameter of this trial; its parameters: "
-                         f"{', '.join(sorted(fixed.params))}")
-    return arch, loss_cfg, train_cfg
 
 
 def describe_arch(arch: ArchConfig) -> str:
@@ -167,6 +148,14 @@ def export_checkpoint(model: torch.nn.Module, arch: ArchConfig, size: int, path:
     _save_atomic({"config": arch.to_dict(), "state_dict": model.state_dict(), "size": size, "num_classes": 19,
                   "params": params}, path)
     return params
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    """The per-epoch history (loss, lr, seconds, images/s, val F where evaluated) as CSV, replaced atomically."""
+    import pandas as pd
+
+    pd.DataFrame(history).to_csv(path.with_suffix(".tmp"), index=False)
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 def _curve(history: list[dict], path: Path) -> None:
@@ -243,12 +232,15 @@ def write_zip(out: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.final", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--study", default="best", help="study name, or 'best' for the best trial over all studies")
+    p.add_argument("--study", default="best",
+                   help="study name; 'best' = the storage's only study, or the most recent one when it holds "
+                        "several (named in a note): F values of different studies are never compared")
     p.add_argument("--trial", type=int, default=None, help="retrain this trial number instead of the best")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="train a hand-designed preset instead of a searched trial (baselines)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
-    p.add_argument("--data", type=Path, default=None, help="dataset root (default as in search.run)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root; default the folder the study was searched on (a preset: as in search.run)")
     p.add_argument("--size", type=int, default=None, help="training resolution (default 512 on CUDA, 128 on CPU)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 60 on CUDA, 40 on CPU)")
     p.add_argument("--include-val", action="store_true", help="fit on train + val (once the schedule is chosen)")
@@ -272,8 +264,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Path:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    defaults = CUDA_DEFAULTS if cuda else CPU_DEFAULTS
-    size, epochs = args.size or defaults["size"], args.epochs or defaults["epochs"]
+    defaults = device_defaults(device)
+    size, epochs = args.size or defaults["final_size"], args.epochs or defaults["final_epochs"]
     if size < 32 or epochs < 1:
         raise FinalError(f"--size must be >= 32 and --epochs >= 1, got {size} and {epochs}")
     if not 0 <= args.ema < 1:
@@ -288,47 +280,50 @@ def run(args: argparse.Namespace) -> Path:
     else:
         storage = open_storage(args.storage, heartbeat=None, must_exist=True)
         chosen = choose_trial(storage, args.study, args.trial)
-    arch, loss_cfg, train_cfg = replay(chosen.trial, parse_overrides(args.set))
+    arch, loss_cfg, train_cfg = replay(chosen.trial, parse_assignments(args.set, "--set"))
     train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
     _check_writable(out)
-    data = resolve_data(args.data)
+    data = choose_data(args.data, chosen)
     train = load_split(data, "train", size=size)
     val = load_split(data, "val", size=size, keep_full_masks=True)
     if args.include_val:
         train = Split("train+val", train.stems + val.stems, np.concatenate([train.images, val.images]),
                       np.concatenate([train.masks, val.masks]), None, train.sizes + val.sizes)
     print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
-          f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; output {out}", flush=True)
+          f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; data {data}; output {out}",
+          flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)  # the initial weights too, not only data order and augmentation
-    model = build_model(arch)
     identity = {"config": arch.to_dict(), "size": size, "epochs": epochs, "include_val": args.include_val,
                 "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict()}
     last, state = out / "last.pth", None
     if last.exists():
-        saved = torch.load(last, map_location="cpu", weights_only=True)
+        try:
+            saved = safe_load(last)
+        except ValueError as e:
+            raise FinalError(f"{e}; use another --out or delete it") from None
         mismatched = [k for k in identity if saved.get(k) != identity[k]]
         if mismatched:
             raise FinalError(f"{last} is a checkpoint of another run (differs in {', '.join(mismatched)}); "
                              f"use another --out or delete it")
-        model.load_state_dict(saved["model"])
         state = saved
         print(f"resuming from {last} at epoch {saved['epoch']}/{epochs}", flush=True)
 
     def checkpoint(epoch: int, train_state: dict) -> None:
-        _save_atomic({**identity, **train_state, "model": model.state_dict(),
-                      "trial": {"study": chosen.study, "number": chosen.trial.number}}, last)
+        _save_atomic({**identity, **train_state, "trial": {"study": chosen.study, "number": chosen.trial.number}},
+                     last)
+        write_history(train_state["history"], out / "history.csv")
 
-    workers = args.workers if args.workers is not None else (6 if cuda else 0)
-    if state is not None and state["epoch"] >= epochs:
-        result = FitResult(history=state["history"], epochs_run=epochs)
-        if state.get("ema") is not None:  # the finished run's result is its averaged weights
-            model.load_state_dict(state["ema"]["module"])
-    else:
-        result = fit(model, train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
-                     eval_every=max(1, epochs // 10), workers=workers, seed=args.seed, state=state,
-                     on_epoch_end=checkpoint, desc="final")
+    def say(epoch: int, record: dict) -> None:  # a plain line per evaluated epoch, terminal or not
+        raw = f" (raw weights {record['val_f_raw']:.4f})" if "val_f_raw" in record else ""
+        print(f"epoch {epoch}/{epochs}: loss {record['loss']:.4f}, val F {record['val_f']:.4f}{raw}, "
+              f"{record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s", flush=True)
+
+    workers = args.workers if args.workers is not None else defaults["loader_workers"]
+    # the initial weights are drawn from --seed too, not only data order and augmentation
+    model, result = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=epochs, seed=args.seed, ema=args.ema,
+                             size=size, device=device, workers=workers, state=state, callback=say,
+                             on_epoch_end=checkpoint, desc="final")
     ckpt = out / "ckpt.pth"
     params = export_checkpoint(model, arch, size, ckpt)
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
@@ -356,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (FinalError, DataError, StorageError) as e:
+    except (FinalError, SpaceError, DataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
