@@ -23,9 +23,10 @@ import numpy as np
 import optuna
 import torch
 
-from analysis.common import ATTR, VARIANT_ATTR, complete_trials, rank_correlations, recorded, variant_results
+from analysis.common import ATTR, HAND_ATTR, VARIANT_ATTR, complete_trials, rank_correlations, recorded, variant_results
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
-from space.sample import SpaceError, replay
+from space.presets import PRESETS
+from space.sample import SpaceError, replay, sample_config
 from train.data import DataError, load_split, resolve_data
 from train.infer import pick_device
 from train.loop import EMA_DECAY, fit_new, full_fit
@@ -104,6 +105,25 @@ def retrain(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def retrain_hand_recipe(args: argparse.Namespace, names: list[str], threads: int) -> None:
+    """Full-fidelity retrains of presets at their own (hand) recipe, not the study's fixed one: the baseline
+    that tells what the study's recipe buys (the report's recipe/architecture table)."""
+    if threads:
+        torch.set_num_threads(threads)
+    study = load_existing_study(args.storage, args.study)
+    data = data_root(study, args.data)
+    train = load_split(data, "train", size=args.size)
+    val = load_split(data, "val", size=args.size, keep_full_masks=True)
+    for name in names:
+        arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS[name]))
+        t0 = time.perf_counter()
+        _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,
+                             ema=args.ema, size=args.size, device=pick_device(args.device), desc=f"hand {name}")
+        study.set_user_attr(f"{HAND_ATTR}:{name}", {"f": fitted.final_f, "epochs": args.epochs, "size": args.size,
+                                                     "seed": args.seed, "seconds": round(time.perf_counter() - t0)})
+        print(f"preset {name} at its hand recipe: full F {fitted.final_f:.4f}", flush=True)
+
+
 def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
     """Re-run the proxy of `numbers` under `args.proxy`, as the search's objective trains one (same seed rule)."""
     if threads:
@@ -172,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS:SUBSET",
                    help="instead of retraining: re-run this proxy variant on every trial with a full F")
     p.add_argument("--table", action="store_true", help="only print the table of every variant measured")
+    p.add_argument("--hand-recipe", action="append", default=[], choices=sorted(PRESETS), metavar="PRESET",
+                   help="instead of retraining trials: retrain this preset at its own hand recipe (repeatable), "
+                        "the baseline of the report's recipe-vs-architecture table")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (the cores are split between them)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
     p.add_argument("--data", type=Path, default=None, help="dataset root (default: the study's own data folder)")
@@ -191,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             print(table(study))
             return 0
-        if args.proxy:
+        if args.hand_recipe:
+            failed = run_parallel(retrain_hand_recipe, args, args.hand_recipe)
+        elif args.proxy:
             numbers = sorted(recorded(study))
             if len(numbers) < 2:
                 raise FidelityError(f"study {args.study!r} has {len(numbers)} full-fidelity results; run "

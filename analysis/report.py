@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from analysis.common import complete_trials, rank_correlations, recorded  # noqa: E402
+from analysis.common import complete_trials, rank_correlations, recipe_and_architecture, recorded  # noqa: E402
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -174,8 +174,15 @@ def fidelity(study: optuna.Study, out: Path) -> Section | None:
         ax.set_ylabel("full-fidelity val F")
         ax.set_title(f"Kendall tau {tau:.3f}, Spearman rho {rho:.3f} ({len(pairs)} trials)")
 
+    rows = recipe_and_architecture(study)
+    table = "" if not rows else (
+        "<h3>What the recipe buys and what the architecture buys</h3><p>Full-fidelity val F (one seed each); the "
+        f"study's recipe is its fixed params: {html.escape(str(study.user_attrs.get('fixed')))}.</p><table>"
+        "<tr><th>network</th><th>full val F</th><th>gain over the row above</th></tr>"
+        + "".join(f"<tr><td>{html.escape(r)}</td><td>{f:.4f}</td><td>{html.escape(g)}</td></tr>" for r, f, g in rows)
+        + "</table>")
     return "Proxy vs full fidelity", _figure(out, "fidelity.png", draw) + (
-        f"<p>Kendall &tau; = {tau:.3f}, Spearman &rho; = {rho:.3f} over {len(pairs)} retrained trials.</p>")
+        f"<p>Kendall &tau; = {tau:.3f}, Spearman &rho; = {rho:.3f} over {len(pairs)} retrained trials.</p>") + table
 
 
 SECTIONS = (history, importances, size_vs_f, per_class, curves, pruning, fidelity)

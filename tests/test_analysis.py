@@ -16,7 +16,15 @@ import torch
 from conftest import StopAtFit, capture_initial_weights, run_cli
 from PIL import Image
 
-from analysis.common import ATTR, rank_correlations, recorded, variant_results
+from analysis.common import (
+    ATTR,
+    HAND_ATTR,
+    hand_recipe_results,
+    rank_correlations,
+    recipe_and_architecture,
+    recorded,
+    variant_results,
+)
 from analysis.fidelity import spread_across_ranking
 from analysis.report import write_report
 from search.storage import open_storage
@@ -123,6 +131,10 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     for signal in ("last_f", "mean_last2_f", "neg_loss_sum"):
         assert f"| 32x2x0.5 | {signal} |" in res.stdout
     assert "| as searched (study) | last_f |" in res.stdout
+    res = run_cli("analysis.fidelity", "--study", "f", "--hand-recipe", "dw_unet", "--epochs", "1", "--size", "32",
+                  "--storage", storage, "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 0 <= hand_recipe_results(optuna.load_study(study_name="f", storage=storage))["dw_unet"] <= 1
     bad = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
     assert bad.returncode == 2 and "expected SIZE:EPOCHS:SUBSET" in bad.stderr
 
@@ -203,3 +215,20 @@ def test_dashboard_page_in_headless_chromium(dashboard, tmp_path):
     assert shot.exists(), res.stderr[-2000:]
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.shape == (900, 1280) and image.std() > 5  # something was drawn, not a blank page
+
+
+def test_report_tells_what_the_recipe_and_the_architecture_buy(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="r", storage=open_storage(storage, heartbeat=None), direction="maximize")
+    for i, (preset, proxy) in enumerate([("dw_unet", 0.55), ("deeplab_lite", 0.52), (None, 0.6), (None, 0.5)]):
+        study.add_trial(optuna.trial.create_trial(value=proxy, user_attrs={"preset": preset} if preset else {}))
+        study.set_user_attr(f"{ATTR}:{i}", {"f": [0.78, 0.76, 0.79, 0.70][i]})
+    assert recipe_and_architecture(study) == []  # not a fixed-recipe study: nothing to separate
+    study.set_user_attr("fixed", {"batch_size": 8})
+    study.set_user_attr(f"{HAND_ATTR}:dw_unet", {"f": 0.73})
+    rows = recipe_and_architecture(study)
+    assert [r for r, _, _ in rows] == ["preset dw_unet at its hand recipe", "preset dw_unet at the study's recipe",
+                                       "searched #2 at the study's recipe"]
+    assert [g for _, _, g in rows] == ["", "recipe: +0.0500", "architecture: +0.0100"]
+    page = write_report(study, tmp_path / "rep", progress=False).read_text()
+    assert "What the recipe buys and what the architecture buys" in page and "architecture: +0.0100" in page
