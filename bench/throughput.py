@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -31,7 +32,7 @@ def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.d
     model = build_model(arch).to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, train_cfg)
+    optimizer = make_optimizer(model, train_cfg, device)
     criterion = SegLoss(loss_cfg).to(device)
     x = to_tensor(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device)
     y = torch.randint(0, 19, (batch, size, size), device=device)
@@ -65,6 +66,27 @@ def end_to_end(arch, loss_cfg, train_cfg, train: Split, val: Split, size: int, d
     return statistics.median(rates)
 
 
+def measure(sizes: list[int], preset: str, batch: int, device: torch.device, workers: int, n_images: int,
+            epochs: int = 3, steps: int | None = None, data: Path | None = None) -> list[dict]:
+    """End-to-end and model-only images/s and their ratio at each size (the rows `main` prints)."""
+    arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS[preset]))
+    train_cfg = replace(train_cfg, batch_size=batch)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            root = data or write_dataset(Path(tmp) / f"s{size}", {"train": n_images, "val": 2}, size, seed=0)
+            train = load_split(root, "train", size=size, limit=n_images)
+            val = load_split(root, "val", size=size, limit=2, keep_full_masks=True)
+            e2e = end_to_end(arch, loss_cfg, train_cfg, train, val, size, device, workers, epochs)
+            raw = model_only(arch, loss_cfg, train_cfg, size, batch, device, steps or n_images // batch)
+            rows.append({"size": size, "end_to_end": e2e, "model_only": raw, "efficiency": e2e / raw})
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=None,
@@ -85,21 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or ([256, 512] if cuda else [64, 128])
     workers = args.workers if args.workers is not None else (6 if cuda else 0)
     n_images = args.images or args.batch * (16 if cuda else 4)
-    steps = args.steps or n_images // args.batch
-    arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS[args.preset]))
-    from dataclasses import replace
-    train_cfg = replace(train_cfg, batch_size=args.batch)
-    name = torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()} threads"
-    print(f"device: {name}; preset {args.preset}; batch {args.batch}; workers {workers}; torch {torch.__version__}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            root = args.data or write_dataset(Path(tmp) / f"s{size}", {"train": n_images, "val": 2}, size, seed=0)
-            train = load_split(root, "train", size=size, limit=n_images)
-            val = load_split(root, "val", size=size, limit=2, keep_full_masks=True)
-            e2e = end_to_end(arch, loss_cfg, train_cfg, train, val, size, device, workers, args.epochs)
-            raw = model_only(arch, loss_cfg, train_cfg, size, args.batch, device, steps)
-            print(f"size {size:4d}: end-to-end {e2e:8.1f} img/s  model-only {raw:8.1f} img/s  "
-                  f"efficiency {e2e / raw:.2f}", flush=True)
+    print(f"device: {device_name(device)}; preset {args.preset}; batch {args.batch}; workers {workers}; "
+          f"torch {torch.__version__}")
+    for row in measure(sizes, args.preset, args.batch, device, workers, n_images, args.epochs, args.steps, args.data):
+        print(f"size {row['size']:4d}: end-to-end {row['end_to_end']:8.1f} img/s  model-only "
+              f"{row['model_only']:8.1f} img/s  efficiency {row['efficiency']:.2f}", flush=True)
     return 0
 
 

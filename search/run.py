@@ -195,14 +195,20 @@ def load_data(s: Settings) -> tuple[Split, Split]:
 
 
 def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | None, threads: int,
-               data: tuple[Split, Split] | None = None) -> None:
+               data: tuple[Split, Split] | None = None, workers_on_device: int = 1) -> None:
     """One process's share of the search (also the single-process path, which passes the data it loaded)."""
     if threads:
         torch.set_num_threads(threads)
+    device = torch.device(s.device)
+    if workers_on_device > 1 and device.type == "cuda":  # several workers share one GPU: each gets its share
+        torch.cuda.set_per_process_memory_fraction(0.95 / workers_on_device, device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train, val = data or load_data(s)
     study = open_study(s)
-    callbacks = [optuna.study.MaxTrialsCallback(total, states=None)] if total else []
+    # count what ran or runs, not the WAITING presets, which no worker has started yet
+    ran = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+           optuna.trial.TrialState.RUNNING)
+    callbacks = [optuna.study.MaxTrialsCallback(total, states=ran)] if total else []
     study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, say_trial],
                    catch=FAILURES, gc_after_trial=True)
 
@@ -414,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             total = finished + args.trials
             threads = max(1, (os.cpu_count() or 1) // args.workers)
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=run_worker, args=(s, args.trials, total, args.timeout, threads))
-                     for _ in range(args.workers)]
+            procs = [ctx.Process(target=run_worker, args=(s, args.trials, total, args.timeout, threads, None,
+                                                          args.workers)) for _ in range(args.workers)]
             for proc in procs:
                 proc.start()
             for proc in procs:

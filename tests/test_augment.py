@@ -78,3 +78,85 @@ def test_flip_tta_prediction_is_mirror_equivariant_with_label_swap():
     plain_mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), device)
     assert not torch.allclose(plain_mirrored, predict_logits(model, images, device).flip(3)[
         :, torch.as_tensor(FLIP_LUT).long()], atol=1e-4)  # an untrained net alone is not symmetric
+
+
+def _device_augment(ranges, seed=0):
+    import torch
+
+    from train.augment import DeviceAugment
+
+    return DeviceAugment(ranges, seed, torch.device("cpu"))
+
+
+def test_device_flip_swaps_left_and_right_labels_and_twice_is_identity():
+    import torch
+
+    from train.augment import AugRanges
+
+    img, mask = face_pair()
+    aug = _device_augment(AugRanges(flip_p=1.0, affine_p=0.0, colour_p=0.0))
+    images, masks = torch.from_numpy(np.stack([img, img])), torch.from_numpy(np.stack([mask, mask]))
+    x, y = aug(images, masks)
+    assert (y[:, 10:14, 4:10] == 5).all() and (y[:, 10:14, 22:28] == 4).all()
+    assert (y[:, 5:7, 4:10] == 7).all() and (y[:, 14:20, 0:2] == 9).all()
+    assert torch.allclose(x, images.permute(0, 3, 1, 2).float().div(255).flip(3))
+    x2, y2 = aug((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1), y)
+    assert torch.equal(y2, masks) and torch.equal((x2 * 255).round().to(torch.uint8), images.permute(0, 3, 1, 2))
+
+
+def _label_coded_pair(n: int = 8, side: int = 64):
+    """Blocks of labels 0..18 whose image encodes the label (grey level 13 * label)."""
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 19, (n, side // 8, side // 8)).astype(np.uint8)
+    masks = blocks.repeat(8, 1).repeat(8, 2)
+    images = np.repeat((masks * 13)[..., None], 3, axis=3).astype(np.uint8)
+    return images, masks
+
+
+def test_device_geometry_keeps_image_and_mask_aligned():
+    import torch
+
+    from train.augment import AugRanges
+
+    images, masks = _label_coded_pair()
+    # no flip here: it swaps left/right labels in the mask only, by design (tested above)
+    aug = _device_augment(AugRanges(flip_p=0.0, affine_p=1.0, colour_p=0.0, scale=0.25, rotate=20, translate=0.08))
+    x, y = aug(torch.from_numpy(images), torch.from_numpy(masks))
+    assert x.shape == (8, 3, 64, 64) and y.dtype == torch.uint8
+    decoded = (x[:, 0] * 255 / 13).round().to(torch.uint8)
+    # away from block edges (where bilinear mixes labels), the image's label is the mask's label
+    interior = torch.nn.functional.max_pool2d(y[:, None].float(), 3, 1, 1)[:, 0] == \
+        -torch.nn.functional.max_pool2d(-y[:, None].float(), 3, 1, 1)[:, 0]
+    agree = (decoded == y)[interior].float().mean().item()
+    assert agree > 0.99, agree
+    assert not torch.equal(y, torch.from_numpy(masks))  # the geometry did move things
+    moved = (y != torch.from_numpy(masks)).float().mean().item()
+    assert moved > 0.2, moved
+    # the mask keeps only labels that exist (nearest, never blended); outside the image: background
+    assert set(torch.unique(y).tolist()) <= set(range(19))
+
+
+def test_device_colour_changes_the_image_only():
+    import torch
+
+    from train.augment import AugRanges
+
+    images, masks = _label_coded_pair()
+    ranges = AugRanges(flip_p=0.0, affine_p=0.0, colour_p=1.0)
+    x, y = _device_augment(ranges)(torch.from_numpy(images), torch.from_numpy(masks))
+    assert torch.equal(y, torch.from_numpy(masks)) and 0 <= x.min() and x.max() <= 1
+    assert not torch.allclose(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    same = _device_augment(AugRanges(flip_p=0.0, affine_p=0.0, colour_p=1.0, brightness=0, contrast=0,
+                                     saturation=0, hue=0))
+    x0, _ = same(torch.from_numpy(images), torch.from_numpy(masks))
+    assert torch.allclose(x0, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, atol=1e-5)
+
+
+def test_the_cpu_pipeline_reads_the_one_definition():
+    from train.augment import AugRanges
+
+    r = AugRanges.at(0.7)
+    affine = next(t for t in train_pipeline(64, 0.7).transforms if isinstance(t, A.Affine))
+    assert affine.p == r.affine_p and r.scale == 0.25 * 0.7 and r.rotate == 20 * 0.7
+    assert not any(isinstance(t, A.Affine) for t in train_pipeline(64, 0.0).transforms)
+    assert AugRanges.at(0.0).affine_p == 0.0 and AugRanges.at(0.0).colour_p == 0.0

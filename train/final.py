@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import zipfile
@@ -255,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                    help="write the test masks with flip TTA, as the shipped run.py does by default (the report "
                         "gives val F with and without it)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="train through torch.compile (pays off on CUDA for long runs; compiling takes a while)")
     p.add_argument("--ema", type=float, default=EMA_DECAY,
                    help="decay of the exponential moving average of the weights that is evaluated and exported "
                         "(0 = off; the raw weights' val F is reported beside it)")
@@ -323,7 +326,7 @@ def run(args: argparse.Namespace) -> Path:
     # the initial weights are drawn from --seed too, not only data order and augmentation
     model, result = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=epochs, seed=args.seed, ema=args.ema,
                              size=size, device=device, workers=workers, state=state, callback=say,
-                             on_epoch_end=checkpoint, desc="final")
+                             on_epoch_end=checkpoint, desc="final", compile=args.compile)
     ckpt = out / "ckpt.pth"
     params = export_checkpoint(model, arch, size, ckpt)
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
@@ -334,6 +337,10 @@ def run(args: argparse.Namespace) -> Path:
     write_solution(out / "solution", ckpt)
     print(f"val F-measure {scorer.f_measure:.4f} (raw weights {result.raw_f:.4f}, flip TTA {tta_f:.4f}); "
           f"report {out / 'report.md'}")
+    (out / "final.json").write_text(json.dumps({
+        "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
+        "seed": args.seed, "val_f": scorer.f_measure, "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
+        "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device)}, indent=1))
     if n_test:
         path = write_zip(out)
         from train.submission import check_zip

@@ -71,9 +71,13 @@ def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.
     """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
     if not isinstance(images, torch.Tensor):  # DataLoader batches arrive as tensors already
         images = torch.from_numpy(np.array(images))  # a copy: decoded PIL arrays are read-only
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    x = x.div_(255).sub_(MEAN).div_(STD)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
+    return normalise(images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255))
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> the network's input (channels_last on CUDA)."""
+    x = x.sub(MEAN).div_(STD)
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x.contiguous()
 
 
 @torch.no_grad()

@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from space.config import ArchConfig, LossConfig, TrainConfig
+from space.config import NUM_CLASSES, ArchConfig, LossConfig, TrainConfig
 from space.network import build_model
-from train.augment import train_pipeline
+from train.augment import AugRanges, DeviceAugment, train_pipeline
 from train.data import Split, class_stats
-from train.infer import autocast, logits_to_mask, predict_logits, to_tensor
+from train.infer import autocast, logits_to_mask, normalise, predict_logits, to_tensor
 from train.losses import SegLoss, class_weights
 from train.metric import Scorer
 
@@ -39,7 +39,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 class AugmentedSplit(Dataset):
-    """Cached uint8 images + masks through an albumentations pipeline; returns uint8 HWC and int64 HW."""
+    """Cached uint8 images + masks through an albumentations pipeline; returns uint8 HWC and uint8 HW (the masks
+    become int64 at the loss, not in DataLoader shared memory)."""
 
     def __init__(self, split: Split, size: int, strength: float, seed: int):
         self.images, self.masks = split.images, split.masks
@@ -50,7 +51,34 @@ class AugmentedSplit(Dataset):
 
     def __getitem__(self, i: int):
         out = self.pipeline(image=self.images[i], mask=self.masks[i])
-        return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(out["mask"].astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(np.ascontiguousarray(out["mask"]))
+
+
+class DeviceBatches:
+    """The cached training split on `device` as uint8; each epoch a seeded permutation into full batches, each
+    augmented there (`DeviceAugment`, the same `AugRanges` as the CPU pipeline). Yields normalised float images
+    and uint8 masks."""
+
+    def __init__(self, split: Split, size: int, strength: float, seed: int, device: torch.device, batch: int):
+        images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks)
+        if images.shape[1:3] != (size, size):  # cached at another size: resize once, not every step
+            images = F.interpolate(images.permute(0, 3, 1, 2).float(), (size, size), mode="bilinear",
+                                   antialias=True).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            masks = F.interpolate(masks[:, None].float(), (size, size), mode="nearest")[:, 0].to(torch.uint8)
+        self.images, self.masks = images.contiguous().to(device), masks.contiguous().to(device)
+        self.augment = DeviceAugment(AugRanges.at(strength), seed, device)
+        self.order = torch.Generator().manual_seed(seed)
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.images), generator=self.order).to(self.images.device)
+        for i in range(len(self)):
+            idx = perm[i * self.batch:(i + 1) * self.batch]
+            x, y = self.augment(self.images[idx], self.masks[idx])
+            yield normalise(x), y
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -58,16 +86,36 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.pipeline.set_random_seed(info.seed % 2**31)
 
 
+def device_targets(split: Split, device: torch.device) -> list[torch.Tensor]:
+    """The split's ground truth at native resolution, moved to `device` once (for `evaluate(targets=...)`)."""
+    targets = split.full_masks if split.full_masks is not None else list(split.masks)
+    return [torch.from_numpy(np.array(t)).to(device) for t in targets]  # a copy: decoded arrays are read-only
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 16,
-             flip_tta: bool = False) -> Scorer:
-    """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax."""
+             flip_tta: bool = False, targets: list[torch.Tensor] | None = None) -> Scorer:
+    """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax.
+    With `targets` (`device_targets`) the confusion matrices are counted on the device (`torch.bincount`) and
+    only they come back, one transfer per batch; otherwise each predicted mask is scored on the host."""
     scorer = Scorer()
-    targets = split.full_masks if split.full_masks is not None else list(split.masks)
+    if targets is None:
+        host = split.full_masks if split.full_masks is not None else list(split.masks)
+        for i in range(0, len(split), batch_size):
+            logits = predict_logits(model, split.images[i:i + batch_size], device, flip_tta)
+            for lg, gt in zip(logits, host[i:i + batch_size]):
+                scorer.add(gt, logits_to_mask(lg, *gt.shape))
+        return scorer
+    c = NUM_CLASSES
     for i in range(0, len(split), batch_size):
         logits = predict_logits(model, split.images[i:i + batch_size], device, flip_tta)
+        cms = []
         for lg, gt in zip(logits, targets[i:i + batch_size]):
-            scorer.add(gt, logits_to_mask(lg, *gt.shape))
+            if lg.shape[1:] != gt.shape:
+                lg = F.interpolate(lg[None], gt.shape, mode="bilinear", align_corners=False)[0]
+            cms.append(torch.bincount(gt.long().flatten() * c + lg.argmax(0).flatten(), minlength=c * c))
+        for cm in torch.stack(cms).view(-1, c, c).cpu().numpy():
+            scorer.add_confusion(cm)
     return scorer
 
 
@@ -82,7 +130,8 @@ class WeightEMA:
         # the tensors of both models, paired once (state_dict values alias the live parameters and buffers)
         pairs = list(zip(self.module.state_dict().values(), (v.detach() for v in model.state_dict().values())))
         self._floats = ([e for e, _ in pairs if e.is_floating_point()], [c for e, c in pairs if e.is_floating_point()])
-        self._others = [(e, c) for e, c in pairs if not e.is_floating_point()]
+        self._others = ([e for e, _ in pairs if not e.is_floating_point()],
+                        [c for e, c in pairs if not e.is_floating_point()])
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -90,8 +139,8 @@ class WeightEMA:
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         torch._foreach_lerp_(*self._floats, 1 - d)
-        for e, c in self._others:
-            e.copy_(c)
+        if self._others[0]:
+            torch._foreach_copy_(*self._others)  # BN step counters: one foreach call, as the floats
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "steps": self.steps}
@@ -101,13 +150,15 @@ class WeightEMA:
         self.steps = state["steps"]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD, no weight decay on biases and norms; the fused AdamW kernel on CUDA (one launch for
+    all tensors; the CPU keeps the default implementation and its numbers)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device is not None and device.type == "cuda")
 
 
 def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
@@ -140,13 +191,16 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         epochs: int, size: int, device: torch.device, eval_every: int = 1, workers: int = 0, seed: int = 0,
         callback: Callable[[int, dict], None] | None = None, state: dict | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        desc: str = "train") -> FitResult:
+        desc: str = "train", device_data: bool | None = None, compile: bool = False) -> FitResult:
     """Train `model` for `epochs` on `train` (cached at `size`), scoring on `val` every `eval_every` epochs
     and at the end. `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning).
     `state` (optimizer/scheduler/epoch/history from a checkpoint) resumes a run; `on_epoch_end(epoch, state)`
     receives a resumable state (the model's weights included) after every epoch. With `train_cfg.ema` > 0 an
     EMA of the weights is kept, evaluated (the raw weights are scored too, as `raw_f`) and copied into `model`
-    at the end."""
+    at the end. `device_data` (default: on CUDA) keeps the training set on the device and augments it there
+    (`DeviceBatches`) and scores val there; otherwise DataLoader workers run albumentations on the CPU.
+    `compile` runs the training forward through `torch.compile` (the module itself, its EMA and its checkpoints
+    stay plain)."""
     torch.manual_seed(seed)
     model.to(device)
     if device.type == "cuda":
@@ -154,13 +208,20 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         torch.backends.cudnn.benchmark = True
     weights = class_weights(class_stats(train.masks)[0], loss_cfg.class_weight_power)
     criterion = SegLoss(loss_cfg, weights).to(device)
-    data = AugmentedSplit(train, size, train_cfg.aug_strength, seed)
-    batch = min(train_cfg.batch_size, len(data))
-    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", worker_init_fn=_seed_worker if workers else None,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    batch = min(train_cfg.batch_size, len(train))
+    on_device = device.type == "cuda" if device_data is None else device_data
+    if on_device:
+        loader = DeviceBatches(train, size, train_cfg.aug_strength, seed, device, batch)
+        val_targets = device_targets(val, device)
+    else:
+        loader = DataLoader(AugmentedSplit(train, size, train_cfg.aug_strength, seed), batch_size=batch,
+                            shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
+                            worker_init_fn=_seed_worker if workers else None, persistent_workers=workers > 0,
+                            generator=torch.Generator().manual_seed(seed))
+        val_targets = None
     steps_per_epoch = len(loader)
-    optimizer = make_optimizer(model, train_cfg)
+    forward = torch.compile(model) if compile else model  # shares the parameters: the optimizer sees the same
+    optimizer = make_optimizer(model, train_cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(epochs * steps_per_epoch,
                                                                         train_cfg.warmup_frac))
     ema = WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None
@@ -178,9 +239,12 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         model.train()
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         for step, (images, masks) in enumerate(loader):
-            x, y = to_tensor(images, device), masks.to(device, non_blocking=True)
+            if on_device:
+                x, y = images, masks.long()
+            else:
+                x, y = to_tensor(images, device), masks.to(device, non_blocking=True).long()
             with autocast(device):
-                out = model(x)
+                out = forward(x)
             main, aux = out if isinstance(out, tuple) else (out, None)
             loss = criterion(main, y)
             if aux is not None:
@@ -208,10 +272,10 @@ def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_
         record = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                   "seconds": time.perf_counter() - t_start, "images_per_s": steps_per_epoch * batch / epoch_s}
         if epoch % eval_every == 0 or epoch == epochs:
-            scorer = evaluate(model if ema is None else ema.module, val, device)
+            scorer = evaluate(model if ema is None else ema.module, val, device, targets=val_targets)
             record["val_f"] = scorer.f_measure
             if ema is not None:
-                result.raw_f = record["val_f_raw"] = evaluate(model, val, device).f_measure
+                result.raw_f = record["val_f_raw"] = evaluate(model, val, device, targets=val_targets).f_measure
             result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
             result.final_f, result.scorer = scorer.f_measure, scorer
             result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)

@@ -39,28 +39,19 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
     return (-(1 - logp.exp()) ** gamma * logp).mean()
 
 
-def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al., 2018)."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1 - gt_sorted).cumsum(0)
-    jaccard = 1 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard
-
-
 def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Lovász-softmax over the whole batch, averaged over the classes present in the targets."""
+    """Lovász-softmax over the whole batch (Berman et al., 2018), averaged over the classes present in the
+    targets. All classes in one batched sort; absent ones are masked out, so no step waits for the host."""
     c = probs.shape[1]
-    p = probs.permute(0, 2, 3, 1).reshape(-1, c)
-    t = target.reshape(-1)
-    losses = []
-    for k in torch.unique(t).tolist():
-        fg = (t == k).float()
-        errors = (fg - p[:, k]).abs()
-        errors_sorted, perm = torch.sort(errors, descending=True)
-        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
-    return torch.stack(losses).mean()
+    p = probs.permute(0, 2, 3, 1).reshape(-1, c)  # (P, C)
+    fg = F.one_hot(target.reshape(-1), c).to(p.dtype)  # (P, C)
+    errors_sorted, perm = torch.sort((fg - p).abs(), dim=0, descending=True)
+    fg_sorted = fg.gather(0, perm)
+    gts = fg_sorted.sum(0)
+    jaccard = 1 - (gts - fg_sorted.cumsum(0)) / (gts + (1 - fg_sorted).cumsum(0))
+    grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])  # the Lovász extension's gradient, per class
+    present = (gts > 0).to(p.dtype)
+    return ((errors_sorted * grad).sum(0) * present).sum() / present.sum().clamp(min=1)
 
 
 def boundary_mask(target: torch.Tensor, width: int = 1) -> torch.Tensor:

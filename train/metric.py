@@ -54,7 +54,10 @@ class Scorer:
     class_count: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.int64))
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> float:
-        cm = confusion(gt, pred, self.num_classes)
+        return self.add_confusion(confusion(gt, pred, self.num_classes))
+
+    def add_confusion(self, cm: np.ndarray) -> float:
+        """One image's score from its (C, C) confusion matrix (computed wherever the prediction lives)."""
         present = cm.sum(1) > 0
         f1 = f1_from_confusion(cm)
         score = float(f1[present].mean())

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_gpu_tier_smoke_runs_the_whole_path_on_the_cpu(tmp_path):
+    """`bench.gpu_tier --smoke`: throughput, a 2-worker search, train.final of the best, one JSON."""
+    res = run_cli("bench.gpu_tier", "--smoke", "--out", str(tmp_path / "tier"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "tier" / "gpu_tier.json").read_text())
+    assert report["device"].startswith("cpu") and set(report["seconds"]) == {"throughput", "search", "final"}
+    assert report["search"]["trials"] == 3 and report["search"]["workers"] == 2  # all asked for, none lost
+    assert report["search"]["trials_per_hour"] > 0 and report["throughput"][0]["efficiency"] > 0
+    assert 0 <= report["final"]["val_f"] <= 1 and report["final"]["size"] == 32
+    assert "val F" in res.stdout and (tmp_path / "tier" / "final" / "ckpt.pth").exists()
+
+
+def test_gpu_tier_refuses_to_run_without_a_gpu(tmp_path):
+    res = run_cli("bench.gpu_tier", "--data", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2 and "needs a CUDA device" in res.stderr
