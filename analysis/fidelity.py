@@ -83,8 +83,10 @@ def data_root(study: optuna.Study, given: Path | None) -> Path:
     return Path(recorded_data)
 
 
-def retrain(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
-    """Full-fidelity retrains of `numbers` (one process's share), each recorded as soon as it is done."""
+def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> None:
+    """Full-fidelity retrains (one process's share), each recorded as soon as it is done: trial numbers are
+    replayed from the study; preset names are trained at their own hand recipe, not the study's fixed one (the
+    baseline that tells what the study's recipe buys, in the report's recipe/architecture table)."""
     if threads:
         torch.set_num_threads(threads)
     study = load_existing_study(args.storage, args.study)
@@ -92,36 +94,21 @@ def retrain(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
     train = load_split(data, "train", size=args.size)
     val = load_split(data, "val", size=args.size, keep_full_masks=True)
     device = pick_device(args.device)
-    for number in numbers:
-        trial = study.trials[number]
-        arch, loss_cfg, train_cfg = replay(trial)
+    for item in items:
+        if isinstance(item, int):
+            trial = study.trials[item]
+            configs, key, said = replay(trial), f"{ATTR}:{item}", f"trial #{item}: proxy F {trial.value:.4f} ->"
+        else:
+            configs = sample_config(optuna.trial.FixedTrial(PRESETS[item]))
+            key, said = f"{HAND_ATTR}:{item}", f"preset {item} at its hand recipe:"
+        arch, loss_cfg, train_cfg = configs
         t0 = time.perf_counter()
         _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,
-                             ema=args.ema, size=args.size, device=device, desc=f"fidelity #{number}")
-        study.set_user_attr(f"{ATTR}:{number}", {
-            "f": fitted.final_f, "epochs": args.epochs, "size": args.size, "seed": args.seed, "ema": args.ema,
-            "seconds": round(time.perf_counter() - t0, 1)})
-        print(f"trial #{number}: proxy F {trial.value:.4f} -> full F {fitted.final_f:.4f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-
-
-def retrain_hand_recipe(args: argparse.Namespace, names: list[str], threads: int) -> None:
-    """Full-fidelity retrains of presets at their own (hand) recipe, not the study's fixed one: the baseline
-    that tells what the study's recipe buys (the report's recipe/architecture table)."""
-    if threads:
-        torch.set_num_threads(threads)
-    study = load_existing_study(args.storage, args.study)
-    data = data_root(study, args.data)
-    train = load_split(data, "train", size=args.size)
-    val = load_split(data, "val", size=args.size, keep_full_masks=True)
-    for name in names:
-        arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS[name]))
-        t0 = time.perf_counter()
-        _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,
-                             ema=args.ema, size=args.size, device=pick_device(args.device), desc=f"hand {name}")
-        study.set_user_attr(f"{HAND_ATTR}:{name}", {"f": fitted.final_f, "epochs": args.epochs, "size": args.size,
-                                                     "seed": args.seed, "seconds": round(time.perf_counter() - t0)})
-        print(f"preset {name} at its hand recipe: full F {fitted.final_f:.4f}", flush=True)
+                             ema=args.ema, size=args.size, device=device, desc=key)
+        seconds = round(time.perf_counter() - t0, 1)
+        study.set_user_attr(key, {"f": fitted.final_f, "epochs": args.epochs, "size": args.size, "seed": args.seed,
+                                  "ema": args.ema, "seconds": seconds})
+        print(f"{said} full F {fitted.final_f:.4f} ({seconds:.0f} s)", flush=True)
 
 
 def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
@@ -215,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(study))
             return 0
         if args.hand_recipe:
-            failed = run_parallel(retrain_hand_recipe, args, args.hand_recipe)
+            failed = run_parallel(retrain, args, args.hand_recipe)
         elif args.proxy:
             numbers = sorted(recorded(study))
             if len(numbers) < 2:
