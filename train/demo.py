@@ -53,7 +53,7 @@ def load(path: Path, device: torch.device) -> Loaded:
     skips = "+".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4), ("1/2", arch.skip2)) if on)
     summary = (f"stages {stages}; output stride {arch.output_stride}; context {arch.context}; skips "
                f"{skips or 'none'}; decoder w{arch.decoder_width}; {arch.activation}")
-    return Loaded(path.name, model, size, params, summary)
+    return Loaded(f"{path.parent.name}/{path.name}", model, size, params, summary)
 
 
 def read_upload(path: str | None) -> tuple[np.ndarray | None, str]:
