@@ -95,12 +95,17 @@ def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> N
     val = load_split(data, "val", size=args.size, keep_full_masks=True)
     device = pick_device(args.device)
     for item in items:
+        key = f"{ATTR}:{item}" if isinstance(item, int) else f"{HAND_ATTR}:{item}"
+        done = study.user_attrs.get(key)
+        if done and all(done.get(k) == getattr(args, k) for k in ("epochs", "size", "seed", "ema")):
+            print(f"{key}: already recorded at these settings (F {done['f']:.4f}), skipped", flush=True)
+            continue  # a re-run of the same command resumes where an interrupted one stopped
         if isinstance(item, int):
             trial = study.trials[item]
-            configs, key, said = replay(trial), f"{ATTR}:{item}", f"trial #{item}: proxy F {trial.value:.4f} ->"
+            configs, said = replay(trial), f"trial #{item}: proxy F {trial.value:.4f} ->"
         else:
             configs = sample_config(optuna.trial.FixedTrial(PRESETS[item]))
-            key, said = f"{HAND_ATTR}:{item}", f"preset {item} at its hand recipe:"
+            said = f"preset {item} at its hand recipe:"
         arch, loss_cfg, train_cfg = configs
         t0 = time.perf_counter()
         _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,

@@ -123,6 +123,9 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     stored = recorded(study)
     assert set(stored) == {0, 1} and all(0 <= f <= 1 for f in stored.values())
     assert all(study.user_attrs[f"{ATTR}:{n}"]["seed"] == 0 for n in stored)
+    again = run_cli("analysis.fidelity", "--study", "f", "--k", "2", "--epochs", "1", "--size", "32",
+                    "--storage", storage, "--device", "cpu")  # the same command again: nothing is retrained
+    assert again.returncode == 0 and again.stdout.count("already recorded at these settings") == 2
     res = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2:0.5", "--storage", storage,
                   "--device", "cpu")
     assert res.returncode == 0, res.stderr[-2000:]
