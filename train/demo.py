@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from space.config import BUDGET, ArchConfig
+from space.config import BUDGET
 from train.classes import CLASS_NAMES, PALETTE, colorize
 from train.data import resolve_data
-from train.infer import IMAGE_SUFFIXES, load_checkpoint, pick_device, predict_mask, safe_load, save_mask
+from train.infer import IMAGE_SUFFIXES, load_checkpoint, pick_device, predict_mask, save_mask
 from train.visual import overlay
 
 MAX_SIDE = 2048  # larger uploads are resized (with a note) before prediction
@@ -47,7 +47,7 @@ def load(path: Path, device: torch.device) -> Loaded:
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
     model, size = load_checkpoint(path, device)  # refuses code, other files, over-budget networks
-    arch = ArchConfig.from_dict(safe_load(path)["config"])
+    arch = model.cfg  # the network was built from the checkpoint's config: no second read of the file
     params = sum(p.numel() for p in model.parameters())
     stages = ", ".join(f"{s.depth}x{s.block} w{s.width}" for s in arch.stages)
     skips = "+".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4), ("1/2", arch.skip2)) if on)
