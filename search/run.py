@@ -23,7 +23,15 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.storage import DEFAULT_STORAGE, HEARTBEAT_S, StorageError, is_sqlite, open_storage, require_study
+from search.storage import (
+    DEFAULT_STORAGE,
+    HEARTBEAT_S,
+    StorageError,
+    is_sqlite,
+    open_storage,
+    pick_trial,
+    require_study,
+)
 from space.budget import count_flops
 from space.config import BUDGET
 from space.presets import PRESETS
@@ -319,17 +327,11 @@ def fixed_params(args: argparse.Namespace, storage: optuna.storages.BaseStorage)
     fixed = {}
     if args.recipe_from:
         name, _, number = args.recipe_from.partition(":")
+        if number and not number.isdigit():
+            raise ValueError(f"--recipe-from {args.recipe_from}: expected STUDY or STUDY:TRIAL (a trial number)")
         require_study(storage, name)
         source = optuna.load_study(study_name=name, storage=storage)
-        if number:
-            if not number.isdigit() or int(number) >= len(source.trials) or not source.trials[int(number)].params:
-                raise ValueError(f"--recipe-from {args.recipe_from}: no trial {number} with params in {name!r}")
-            trial = source.trials[int(number)]
-        else:
-            done = source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if not done:
-                raise ValueError(f"--recipe-from {name}: the study has no complete trial")
-            trial = max(done, key=lambda t: t.value)
+        trial = pick_trial(source, int(number) if number else None)
         fixed = recipe_params(trial.params)
     fixed.update(parse_assignments(args.fix, "--fix"))
     return check_params(fixed, "--fix")

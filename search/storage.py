@@ -62,6 +62,20 @@ def require_study(storage: optuna.storages.BaseStorage, name: str) -> None:
         raise StorageError(f"study {name!r} not found; available: {', '.join(names) or 'none'}")
 
 
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    """Trial `number` of `study` (it must hold params), or with None the study's best complete trial; the one
+    lookup behind `train.final --trial` and `search.run --recipe-from STUDY[:TRIAL]`."""
+    if number is not None:
+        trials = study.get_trials(deepcopy=False)
+        if not 0 <= number < len(trials) or not trials[number].params:
+            raise StorageError(f"trial {number} not found (or has no params) in study {study.study_name!r}")
+        return trials[number]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        raise StorageError(f"no complete trial in study {study.study_name!r}; let the search complete one first")
+    return max(done, key=lambda t: t.value)
+
+
 def load_existing_study(spec: str, name: str) -> optuna.Study:
     """A study that must already exist (commands that read it); the error lists the ones available."""
     storage = open_storage(spec, heartbeat=None, must_exist=True)

@@ -9,7 +9,7 @@ import torch
 from conftest import StopAtFit, capture_initial_weights, run_cli
 
 import search.run as run_mod
-from search.storage import open_storage
+from search.storage import StorageError, open_storage, pick_trial
 from space.config import BUDGET
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -94,6 +94,7 @@ def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
     (["--fix", "lr_adamw=0.5"], "--fix lr_adamw=0.5: outside the space; expected 0.0005..0.01"),
     (["--fix", "batch_size"], "expected NAME=VALUE"),
     (["--recipe-from", "nope"], "study 'nope' not found"),
+    (["--recipe-from", "nope:best"], "expected STUDY or STUDY:TRIAL"),
 ])
 def test_bad_arguments(tmp_path, args, message):
     res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
@@ -229,3 +230,20 @@ def test_nonfinite_loss_and_oom_fail_the_trial_other_errors_end_the_run(tiny_dat
     with pytest.raises(KeyError, match="a bug in the code"):
         run_mod.run_worker(s, 3, None, None, 0)
     assert len(load(s.storage).trials) == 2  # it stopped at the first such trial instead of failing all three
+
+
+def test_pick_trial_number_or_best_complete():
+    # the one lookup behind train.final --trial and search.run --recipe-from STUDY[:TRIAL]
+    study = optuna.create_study(direction="maximize", study_name="s")
+    for value in (0.2, 0.7, 0.5):
+        study.add_trial(optuna.trial.create_trial(params={"x": value}, distributions={
+            "x": optuna.distributions.FloatDistribution(0, 1)}, value=value))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # no params
+    assert pick_trial(study, None).number == 1
+    assert pick_trial(study, 2).params == {"x": 0.5}
+    for number in (3, 4, -1):
+        with pytest.raises(StorageError, match=f"trial {number} not found"):
+            pick_trial(study, number)
+    empty = optuna.create_study(study_name="e")
+    with pytest.raises(StorageError, match="no complete trial in study 'e'"):
+        pick_trial(empty, None)

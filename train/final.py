@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 import torch
 
-from search.storage import DEFAULT_STORAGE, StorageError, open_storage, require_study, study_names
+from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
 from space.budget import count_params
 from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
@@ -71,15 +71,7 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     require_study(storage, study)
     loaded = optuna.load_study(study_name=study, storage=storage)
     data = loaded.user_attrs.get("data")
-    if number is not None:
-        trials = loaded.trials
-        if not 0 <= number < len(trials) or not trials[number].params:
-            raise FinalError(f"trial {number} not found (or has no params) in study {study!r}")
-        return Chosen(study, trials[number], data)
-    done = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not done:
-        raise FinalError(f"no finished trial in {study!r}; let the search complete a trial first")
-    return Chosen(study, max(done, key=lambda t: t.value), data)
+    return Chosen(study, pick_trial(loaded, number), data)
 
 
 def choose_data(given: Path | None, chosen: Chosen) -> Path:
