@@ -97,8 +97,11 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
              flip_tta: bool = False, targets: list[torch.Tensor] | None = None) -> Scorer:
     """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax.
     With `targets` (`device_targets`) the confusion matrices are counted on the device (`torch.bincount`) and
-    only they come back, one transfer per batch; otherwise each predicted mask is scored on the host."""
+    only they come back, one transfer per batch (on CUDA they are made here when not given: pass them to score
+    a split repeatedly without uploading it each time); on the CPU each predicted mask is scored on the host."""
     scorer = Scorer()
+    if targets is None and device.type == "cuda":
+        targets = device_targets(split, device)
     if targets is None:
         host = split.full_masks if split.full_masks is not None else list(split.masks)
         for i in range(0, len(split), batch_size):
