@@ -133,7 +133,7 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     assert set(found) == {0, 1} and found[0]["neg_loss_sum"] < 0 and 0 <= found[0]["mean_last2_f"] <= 1
     for signal in ("last_f", "mean_last2_f", "neg_loss_sum"):
         assert f"| 32x2x0.5 | {signal} |" in res.stdout
-    assert "| as searched (study) | last_f |" in res.stdout
+    assert "| as searched (study) | last_f |" in res.stdout and "tau per CPU-minute |" in res.stdout
     res = run_cli("analysis.fidelity", "--study", "f", "--hand-recipe", "dw_unet", "--epochs", "1", "--size", "32",
                   "--storage", storage, "--device", "cpu")
     assert res.returncode == 0, res.stderr[-2000:]
