@@ -29,9 +29,7 @@ from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
 from train.data import DataError, load_split, resolve_data
 from train.infer import pick_device
-from train.loop import EMA_DECAY, fit_new, full_fit
-
-SIGNALS = ("last_f", "mean_last2_f", "neg_loss_sum")  # each: higher should mean a better network
+from train.loop import EMA_DECAY, SIGNALS, fit_new, full_fit, proxy_signals
 
 
 class FidelityError(ValueError):
@@ -61,13 +59,6 @@ def parse_variant(text: str) -> tuple[int, int, float]:
 
 def variant_name(size: int, epochs: int, subset: float) -> str:
     return f"{size}x{epochs}x{subset:g}"
-
-
-def signals(history: list[dict]) -> dict[str, float]:
-    """Ranking signals of one proxy run from its per-epoch history."""
-    evals = [h["val_f"] for h in history if "val_f" in h]
-    return {"last_f": evals[-1], "mean_last2_f": float(np.mean(evals[-2:])),
-            "neg_loss_sum": -float(sum(h["loss"] for h in history))}
 
 
 def data_root(study: optuna.Study, given: Path | None) -> Path:
@@ -133,7 +124,7 @@ def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> N
         t0 = time.perf_counter()
         _, fitted = fit_new(arch, train, val, loss_cfg, train_cfg, seed=seed + number, epochs=epochs, size=size,
                             device=device, desc=f"proxy {name} #{number}")
-        found = {**signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
+        found = {**proxy_signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
         study.set_user_attr(f"{VARIANT_ATTR}:{name}:{number}", found)
         print(f"trial #{number}: proxy {name} last F {found['last_f']:.4f} ({found['seconds']:.0f} s)", flush=True)
 
@@ -167,7 +158,8 @@ def table(study: optuna.Study) -> str:
                 f"{tau / (seconds / 60):.3f} |")
 
     in_study = [n for n in full if n in proxy]
-    rows.append(row("as searched (study)", "last_f", [proxy[n] for n in in_study], [full[n] for n in in_study],
+    searched_by = (study.user_attrs.get("proxy") or {}).get("signal", "last_f")
+    rows.append(row("as searched (study)", searched_by, [proxy[n] for n in in_study], [full[n] for n in in_study],
                     np.mean([study.trials[n].duration.total_seconds() for n in in_study])))
     for name, found in sorted(variant_results(study).items()):
         both = [n for n in found if n in full]

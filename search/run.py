@@ -38,7 +38,7 @@ from space.presets import PRESETS
 from space.sample import check_params, parse_assignments, recipe_params, sample_config
 from train.data import DataError, Split, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
-from train.loop import NonFiniteLoss, fit_new
+from train.loop import NonFiniteLoss, fit_new, proxy_signals
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
@@ -60,6 +60,7 @@ class Settings:
     device: str
     loader_workers: int
     heartbeat: float = HEARTBEAT_S
+    signal: str = "last_f"  # what a complete trial reports: train.loop.proxy_signals' last_f or mean_last2_f
     flops_cap: float = 0.0  # prune trials costing more than this multiple of the costliest preset's FLOPs
     fixed: dict = field(default_factory=dict)  # params held fixed (--fix, --recipe-from); the rest is searched
 
@@ -109,7 +110,7 @@ class Objective:
         trial.set_user_attr("train_images_per_s", round(result.train_images_per_s, 2))
         trial.set_user_attr("per_class_f", [None if math.isnan(v) else round(v, 4) for v in result.per_class_f])
         self._upload_grid(trial, model)
-        return result.final_f
+        return proxy_signals(result.history)[s.signal]
 
     def _upload_grid(self, trial: optuna.Trial, model: torch.nn.Module, n: int = 4) -> None:
         images = self.val.images[:n]
@@ -269,7 +270,8 @@ def save_dashboard_note(study: optuna.Study, s: Settings, text: str) -> None:
     import optuna_dashboard
 
     note = (f"# facenas study `{s.study}`\n\n- data: `{s.data}`\n- proxy: {s.proxy_size} px, {s.proxy_epochs} epochs, "
-            f"{s.subset:.0%} of train, device {s.device}; sampler {s.sampler}, pruner {s.pruner}\n"
+            f"{s.subset:.0%} of train, scored by {s.signal}, device {s.device}; sampler {s.sampler}, "
+            f"pruner {s.pruner}\n"
             f"- budget: fewer than {BUDGET:,} parameters\n\n```\n{text}\n```\n\n"
             f"Each complete trial has a prediction grid artifact (input, ground truth, prediction).\n")
     optuna_dashboard.save_note(study, note)
@@ -294,6 +296,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy run (default 4 CPU, 12 CUDA)")
     p.add_argument("--subset", type=float, default=None,
                    help="fraction of the training split used by proxies (default 0.4 CPU, 1.0 CUDA)")
+    p.add_argument("--signal", choices=("last_f", "mean_last2_f"), default=None,
+                   help="what a complete proxy trial reports: the last val F, or the mean of the last two "
+                        "evaluations (default mean_last2_f on CPU, where it ranked best per CPU-minute against full "
+                        "training, docs/results.md; last_f on CUDA, not yet measured there)")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
     p.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
                    help="Optuna pruner, stepped per proxy epoch")
@@ -342,7 +348,8 @@ def check_resumable(study: optuna.Study, s: Settings) -> None:
     if not study.trials:
         return
     proxy = study.user_attrs.get("proxy") or {}
-    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset}
+    proxy = {"signal": "last_f", **proxy}  # studies from before --signal reported the last F
+    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal}
     changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
     if study.user_attrs.get("fixed", {}) != s.fixed:
         changed.append(f"fixed params {study.user_attrs.get('fixed', {})} -> {s.fixed}")
@@ -359,7 +366,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data=data, study=args.study or f"facenas-{data.resolve().name}", storage=args.storage,
         artifact_dir=args.artifact_dir or Path("studies/artifacts"),
         proxy_size=args.proxy_size or d["proxy_size"], proxy_epochs=args.proxy_epochs or d["proxy_epochs"],
-        subset=args.subset or d["subset"], sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+        subset=args.subset or d["subset"], signal=args.signal or d["signal"], sampler=args.sampler,
+        pruner=args.pruner, seed=args.seed,
         device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat,
         flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap)
 
@@ -403,10 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     dropped = enqueue_presets(study, storage, s.fixed)
     study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
-                                  "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed})
+                                  "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed})
     study.set_user_attr("fixed", s.fixed)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
-          f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train; device {s.device}; "
+          f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
+          f"device {s.device}; "
           f"FLOPs cap {f'{s.flops_cap:g}x the costliest preset' if s.flops_cap else 'none'}; "
           f"budget < {BUDGET:,} params"
           + (f"; fixed: {', '.join(f'{k}={v}' for k, v in s.fixed.items())}" if s.fixed else ""), flush=True)

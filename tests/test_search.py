@@ -45,12 +45,20 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     for t in study.trials:
         assert f"trial {t.number} {t.state.name.lower()}" in res.stdout
     assert re.search(r"trial 0 \w+.*: F=[0-9.]+ best=[0-9.na]+ params=1,[0-9,]+ \d+ s", res.stdout)
+    # the CPU default signal: a complete trial reports the mean of its last two evaluations
+    assert study.user_attrs["proxy"]["signal"] == "mean_last2_f"
+    for t in complete:
+        steps = sorted(t.intermediate_values)
+        assert t.value == pytest.approx(sum(t.intermediate_values[e] for e in steps[-2:]) / len(steps[-2:]))
     # resume: the same command again adds trials, loses none
     res = run_cli(*search_args(tiny_data, storage, art, 2), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     study = load(storage)
     assert len(study.trials) == 5 and all(t.state in FINISHED for t in study.trials)
     assert len({t.number for t in study.trials}) == 5
+    # another ranking signal would mix incomparable values in one study: refused
+    res = run_cli(*search_args(tiny_data, storage, art, 1, "--signal", "last_f"), cwd=tmp_path)
+    assert res.returncode == 2 and "signal mean_last2_f -> last_f" in res.stderr
 
 
 def test_flops_cap_prunes_costly_trials_before_training(tiny_data, tmp_path):

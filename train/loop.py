@@ -177,6 +177,18 @@ def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
     return f
 
 
+# Ranking signals of a proxy run, from its per-epoch history (higher should mean a better network): the last val F,
+# the mean of the last two evaluations (less noisy at no cost), and the summed training loss, negated.
+SIGNALS = ("last_f", "mean_last2_f", "neg_loss_sum")
+
+
+def proxy_signals(history: list[dict]) -> dict[str, float]:
+    """Every signal of `SIGNALS` for one run's history (`FitResult.history`)."""
+    evals = [h["val_f"] for h in history if "val_f" in h]
+    return {"last_f": evals[-1], "mean_last2_f": float(np.mean(evals[-2:])),
+            "neg_loss_sum": -float(sum(h["loss"] for h in history))}
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
