@@ -347,8 +347,8 @@ def check_resumable(study: optuna.Study, s: Settings) -> None:
     """A study's F values are comparable only under one proxy and one set of fixed params: refuse to mix."""
     if not study.trials:
         return
-    proxy = study.user_attrs.get("proxy") or {}
-    proxy = {"signal": "last_f", **proxy}  # studies from before --signal reported the last F
+    # studies from before --signal reported the last F
+    proxy = {"signal": "last_f", **(study.user_attrs.get("proxy") or {})}
     now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal}
     changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
     if study.user_attrs.get("fixed", {}) != s.fixed:

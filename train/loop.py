@@ -178,7 +178,7 @@ def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
 
 
 # Ranking signals of a proxy run, from its per-epoch history (higher should mean a better network): the last val F,
-# the mean of the last two evaluations (less noisy at no cost), and the summed training loss, negated.
+# the mean of the last two evaluations (no extra cost), and the summed training loss, negated.
 SIGNALS = ("last_f", "mean_last2_f", "neg_loss_sum")
 
 
