@@ -160,3 +160,63 @@ def test_the_cpu_pipeline_reads_the_one_definition():
     assert affine.p == r.affine_p and r.scale == 0.25 * 0.7 and r.rotate == 20 * 0.7
     assert not any(isinstance(t, A.Affine) for t in train_pipeline(64, 0.0).transforms)
     assert AugRanges.at(0.0).affine_p == 0.0 and AugRanges.at(0.0).colour_p == 0.0
+
+
+def _draw_statistics(outputs: list[tuple[np.ndarray, np.ndarray]], disc_area: float, source_hue: float
+                     ) -> dict[str, float]:
+    """Per draw of a disc (label 1, uniform colour) with a left-eye marker (label 4) on the image's right:
+    zoom = sqrt(area ratio), anisotropy = |log| of the ratio of the disc's principal axes (0 when x and y share
+    one scale, whatever the rotation), flipped = the marker became a right eye, hue shift of the disc's colour."""
+    import colorsys
+
+    zoom, aniso, flipped, hue = [], [], [], []
+    for image, mask in outputs:
+        ys, xs = np.nonzero(mask == 1)
+        zoom.append(np.sqrt(len(xs) / disc_area))
+        eig = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
+        aniso.append(0.5 * abs(np.log(eig[1] / eig[0])))
+        flipped.append((mask == 5).any())
+        core = np.median(image[mask == 1].astype(float), axis=0) / 255
+        shift = colorsys.rgb_to_hsv(*core)[0] - source_hue
+        hue.append((shift + 0.5) % 1 - 0.5)
+    return {"zoom_mean": float(np.mean(zoom)), "zoom_std": float(np.std(zoom)), "aniso": float(np.mean(aniso)),
+            "flip_rate": float(np.mean(flipped)), "hue_std": float(np.std(hue))}
+
+
+
+def test_cpu_and_device_augmentations_draw_from_one_distribution():
+    """Issue 19 item 6: one scale for x and y in both paths, the same flip rate and zoom and hue-shift spread."""
+    import colorsys
+
+    import torch
+
+    side, n = 96, 400
+    yy, xx = np.mgrid[:side, :side]
+    mask = np.zeros((side, side), np.uint8)
+    mask[(yy - 48) ** 2 + (xx - 48) ** 2 <= 14 ** 2] = 1
+    mask[44:52, 72:78] = 4
+    disc_area = float((mask == 1).sum())
+    colour = np.array([170, 100, 60], np.uint8)
+    image = np.broadcast_to(colour, (side, side, 3)).copy()
+    source_hue = colorsys.rgb_to_hsv(*(colour / 255))[0]
+
+    pipe = train_pipeline(side, 1.0, seed=11)
+    cpu = [(o["image"], o["mask"]) for o in (pipe(image=image, mask=mask) for _ in range(n))]
+    from train.augment import AugRanges, DeviceAugment
+
+    aug = DeviceAugment(AugRanges.at(1.0), 11, torch.device("cpu"))
+    x, y = aug(torch.from_numpy(np.stack([image] * n)), torch.from_numpy(np.stack([mask] * n)))
+    dev_images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    dev = list(zip(dev_images, y.numpy()))
+    a, b = _draw_statistics(cpu, disc_area, source_hue), _draw_statistics(dev, disc_area, source_hue)
+    assert a["aniso"] < 0.05 and b["aniso"] < 0.05, (a, b)  # one scale for x and y: the disc stays round
+    assert abs(a["flip_rate"] - b["flip_rate"]) < 0.1 and abs(a["flip_rate"] - 0.5) < 0.08, (a, b)
+    assert abs(a["zoom_mean"] - b["zoom_mean"]) < 0.02, (a, b)
+    assert abs(a["zoom_std"] - b["zoom_std"]) < 0.2 * a["zoom_std"], (a, b)
+    assert abs(a["hue_std"] - b["hue_std"]) < 0.2 * a["hue_std"] and a["hue_std"] > 0.005, (a, b)
+
+
+def test_cpu_colour_jitter_applies_its_parts_in_the_device_order():
+    """Brightness, contrast, saturation, hue: the order `DeviceAugment._colour` uses (albumentations shuffles it)."""
+    jitter = next(t for t in train_pipeline(64, 1.0, seed=0).transforms if isinstance(t, A.ColorJitter))
+    assert all(jitter.get_params()["order"] == [0, 1, 2, 3] for _ in range(50))

@@ -58,18 +58,27 @@ class LabelSwapHorizontalFlip(A.HorizontalFlip):
         return FLIP_LUT[np.ascontiguousarray(mask[:, ::-1])]
 
 
+class OrderedColorJitter(A.ColorJitter):
+    """ColorJitter in one fixed order, brightness, contrast, saturation, hue, as `DeviceAugment._colour` applies
+    them (albumentations shuffles the order per image), so that both paths draw from one distribution."""
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "order": [0, 1, 2, 3]}
+
+
 def train_pipeline(size: int, strength: float = 1.0, seed: int | None = None) -> A.Compose:
-    """Flip with label swap, scale/rotate/shift, colour jitter at `AugRanges.at(strength)`, then a resize."""
+    """Flip with label swap, scale/rotate/shift (one zoom for x and y, as on the device), colour jitter at
+    `AugRanges.at(strength)`, then a resize."""
     r = AugRanges.at(strength)
     transforms = [LabelSwapHorizontalFlip(p=r.flip_p)]
     if r.affine_p:
         transforms += [
             A.Affine(scale=(1 - r.scale, 1 + r.scale), rotate=(-r.rotate, r.rotate),
-                     translate_percent=(-r.translate, r.translate), interpolation=cv2.INTER_LINEAR,
+                     translate_percent=(-r.translate, r.translate), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
                      mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
                      fill=0, fill_mask=0, p=r.affine_p),
-            A.ColorJitter(brightness=r.brightness, contrast=r.contrast, saturation=r.saturation, hue=r.hue,
-                          p=r.colour_p),
+            OrderedColorJitter(brightness=r.brightness, contrast=r.contrast, saturation=r.saturation, hue=r.hue,
+                               p=r.colour_p),
         ]
     transforms.append(A.Resize(size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
     return A.Compose(transforms, seed=seed)
