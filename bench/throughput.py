@@ -25,6 +25,7 @@ from train.data import Split, load_split
 from train.infer import autocast, pick_device, to_tensor
 from train.loop import fit, make_optimizer
 from train.losses import SegLoss
+from train.schedule import Stage
 from train.synthetic import write_dataset
 
 
@@ -60,8 +61,8 @@ def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.d
 
 def end_to_end(arch, loss_cfg, train_cfg, train: Split, val: Split, size: int, device: torch.device,
                workers: int, epochs: int) -> float:
-    result = fit(build_model(arch), train, val, loss_cfg, train_cfg, epochs=epochs, size=size, device=device,
-                 eval_every=epochs, workers=workers, progress=False)
+    result = fit(build_model(arch), {size: (train, val)}, loss_cfg, train_cfg, schedule=(Stage(size, epochs),),
+                 device=device, eval_every=epochs, workers=workers, progress=False)
     rates = [r["images_per_s"] for r in result.history[1:]]  # the first epoch warms up
     return statistics.median(rates)
 

@@ -39,6 +39,7 @@ from space.sample import check_params, parse_assignments, recipe_params, sample_
 from train.data import DataError, Split, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
 from train.loop import NonFiniteLoss, fit_new, proxy_signals
+from train.schedule import Stage
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
@@ -99,8 +100,9 @@ class Objective:
 
         try:
             # initial weights from the seed and the trial number alone: a resumed or parallel trial is replayable
-            model, result = fit_new(arch, self.train, self.val, loss_cfg, train_cfg, seed=s.seed + trial.number,
-                                    epochs=s.proxy_epochs, size=s.proxy_size, device=self.device,
+            model, result = fit_new(arch, {s.proxy_size: (self.train, self.val)}, loss_cfg, train_cfg,
+                                    seed=s.seed + trial.number, schedule=(Stage(s.proxy_size, s.proxy_epochs),),
+                                    device=self.device,
                                     workers=s.loader_workers, callback=report, desc=f"trial {trial.number}")
         except FAILURES as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])

@@ -56,7 +56,7 @@ def capture_initial_weights(monkeypatch) -> list[FitCall]:
 
     seen = []
 
-    def fake_fit(model, train, val, loss_cfg, train_cfg, **kwargs):
+    def fake_fit(model, splits, loss_cfg, train_cfg, **kwargs):
         seen.append(FitCall(torch.cat([p.detach().flatten() for p in model.parameters()]), train_cfg, kwargs))
         raise StopAtFit
 

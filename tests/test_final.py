@@ -44,8 +44,8 @@ def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_pa
     assert f"data {tiny_data.resolve()};" in res.stdout and "note:" not in res.stdout
     assert not (work / "data").exists()  # no synthetic set was generated to train on instead
     # one plain line per evaluated epoch (no terminal attached), and the history as CSV beside the checkpoint
-    assert re.search(r"epoch 1/2: loss [0-9.]+, val F [0-9.]+ \(raw weights [0-9.]+\), [0-9.]+ img/s", res.stdout)
-    assert "epoch 2/2:" in res.stdout
+    assert re.search(r"epoch 1/2 at 32 px: loss [0-9.]+, val F [0-9.]+ \(raw weights [0-9.]+\), [0-9.]+ img/s", res.stdout)
+    assert "epoch 2/2 at 32 px:" in res.stdout
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and {"loss", "val_f", "val_f_raw", "seconds"} <= set(history.columns)
     report = (out / "report.md").read_text()
@@ -290,3 +290,39 @@ def test_checkpoints_that_hold_code_or_are_not_ours_are_refused_in_one_line(tmp_
     res = run_cli("train.final", "--study", "t", "--storage", storage, "--epochs", "1", "--size", "32",
                   "--out", str(out), "--device", "cpu", cwd=work)
     assert res.returncode == 2 and "refused: it holds Python objects" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_preset_run(tiny_data, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A finished 1-epoch dw_unet run (seed 0) whose output folder later commands try to resume."""
+    out = tmp_path_factory.mktemp("resume") / "out"
+    base = ["--preset", "dw_unet", "--data", str(tiny_data), "--size", "32", "--epochs", "1", "--device", "cpu",
+            "--out", str(out)]
+    import train.final as final_mod
+
+    assert final_mod.main(base) == 0
+    return out, base
+
+
+@pytest.mark.parametrize("change,named", [
+    (["--seed", "1"], "seed"), (["--data", "COPY"], "data"), (["--epochs", "2"], "schedule"),
+    (["--size", "48"], "schedule"), (["--include-val"], "include_val"), (["--set", "loss_dice=1.0"], "loss"),
+    (["--ema", "0.9"], "train"),
+])
+def test_final_refuses_to_resume_a_run_of_other_inputs(finished_preset_run, tiny_data, tmp_path, capsys, change,
+                                                        named):
+    """Issue 19 item 4: a folder holding a finished seed-0 run is not returned as the result of another seed,
+    data folder, schedule, --include-val or config; the refusal names what differs, in one line."""
+    import shutil
+
+    import train.final as final_mod
+
+    out, base = finished_preset_run
+    if "COPY" in change:
+        change = ["--data", str(shutil.copytree(tiny_data, tmp_path / "faces-copy"))]
+    before = (out / "last.pth").stat().st_mtime_ns
+    capsys.readouterr()
+    assert final_mod.main([*base, *change]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a checkpoint of another run" in err and named in err, err
+    assert (out / "last.pth").stat().st_mtime_ns == before  # nothing was trained or written over it

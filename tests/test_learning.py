@@ -16,6 +16,7 @@ from space.sample import sample_config
 from train.data import load_split
 from train.loop import fit_new
 from train.losses import SegLoss
+from train.schedule import Stage
 from train.synthetic import write_dataset
 
 THRESHOLD = 0.30  # measured: 0.37 when the loop works, 0.17 with masks shifted by one image, 0.00 with -loss
@@ -38,7 +39,7 @@ def test_overfitting_a_few_faces_beats_the_threshold_only_when_nothing_is_broken
     if breakage == "masks of other images":
         split = dataclasses.replace(faces, masks=np.roll(faces.masks, 1, axis=0))
     # "device path": the data path CUDA takes (set on the device, augmented there, scored there), run on the CPU
-    _, result = fit_new(arch, split, faces, loss_cfg, train_cfg, seed=0, epochs=80, size=32,
+    _, result = fit_new(arch, {32: (split, faces)}, loss_cfg, train_cfg, seed=0, schedule=(Stage(32, 80),),
                         device=torch.device("cpu"), eval_every=80, progress=False,
                         device_data=breakage.endswith("device path"))
     if breakage.startswith("none"):

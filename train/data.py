@@ -8,6 +8,7 @@ size when one is given, never per epoch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,32 @@ def load_split(root: Path, split: str, size: int | None = None, limit: int | Non
         full_masks=full if keep_full_masks else None,
         sizes=sizes,
     )
+
+
+def concat(a: Split, b: Split, name: str) -> Split:
+    """Two splits cached at one size as one (train + val for a fit on both)."""
+    full = None if a.full_masks is None or b.full_masks is None else a.full_masks + b.full_masks
+    return Split(name, a.stems + b.stems, np.concatenate([a.images, b.images]), np.concatenate([a.masks, b.masks]),
+                 full, a.sizes + b.sizes)
+
+
+class SplitCache:
+    """(train, val) of one data folder at each training size, decoded on first use and kept: what `fit` walks
+    through a resolution schedule. `subset` keeps the first share of train (a proxy's), `include_val` trains on
+    train + val (val is still what is scored)."""
+
+    def __init__(self, root: Path, *, subset: float = 1.0, include_val: bool = False):
+        self.root, self.subset, self.include_val = Path(root), subset, include_val
+        self._cache: dict[int, tuple[Split, Split]] = {}
+
+    def __getitem__(self, size: int) -> tuple[Split, Split]:
+        if size not in self._cache:
+            train = load_split(self.root, "train", size=size).head(self.subset)
+            val = load_split(self.root, "val", size=size, keep_full_masks=True)
+            if self.include_val:
+                train = concat(train, dataclasses.replace(val, full_masks=None), "train+val")
+            self._cache[size] = (train, val)
+        return self._cache[size]
 
 
 def resolve_data(data: Path | None) -> Path:

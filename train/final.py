@@ -17,7 +17,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
 
@@ -26,10 +25,11 @@ from space.budget import count_params
 from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
-from train.data import DataError, Split, list_split, load_split, resolve_data
-from train.infer import device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
+from train.data import DataError, SplitCache, list_split, resolve_data
+from train.infer import DEVICE_DEFAULTS, device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
 from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
 from train.metric import Scorer
+from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, parse_schedule, total_epochs
 from train.solution import write_solution
 
 
@@ -172,13 +172,14 @@ def _curve(history: list[dict], path: Path) -> None:
 
 
 def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, scorer: Scorer, result: FitResult,
-                 args: argparse.Namespace, size: int, epochs: int, tta_f: float) -> None:
+                 args: argparse.Namespace, schedule: tuple[Stage, ...], tta_f: float) -> None:
     _curve(result.history, out / "training_curve.png")
     held_out = "" if not args.include_val else " (not held out: --include-val trained on it)"
     text = f"""# Final model: study {chosen.study!r}, trial {chosen.trial.number}
 
 - parameters: {params:,} ({params / BUDGET:.1%} of the {BUDGET:,} limit; auxiliary head not exported)
-- trained: {epochs} epochs at {size} px on {'train + val' if args.include_val else 'train'}; proxy F of the
+- trained: {describe_schedule(schedule)} (seed {args.seed}) on {'train + val' if args.include_val else 'train'};
+  predicts at {schedule[-1].size} px; proxy F of the
   trial: {'n/a' if chosen.trial.value is None else f"{chosen.trial.value:.4f}"}
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
@@ -234,8 +235,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root; default the folder the study was searched on (a preset: as in search.run)")
-    p.add_argument("--size", type=int, default=None, help="training resolution (default 512 on CUDA, 128 on CPU)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 60 on CUDA, 40 on CPU)")
+    p.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
+                   help="training resolution in px with --epochs, or a resolution schedule, e.g. 128:24,256:12 "
+                        "(24 epochs at 128 px, then 12 at 256; one learning-rate schedule over all; the model "
+                        f"predicts at the last size). Default {DEVICE_DEFAULTS['cuda']['final_schedule']} on CUDA, "
+                        f"{DEVICE_DEFAULTS['cpu']['final_schedule']} on the CPU")
+    p.add_argument("--epochs", type=int, default=None, help="epochs at --size SIZE (left out with a schedule)")
     p.add_argument("--include-val", action="store_true", help="fit on train + val (once the schedule is chosen)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/final)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -256,18 +261,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resolve_schedule(args: argparse.Namespace, default: str) -> tuple[Stage, ...]:
+    """--size SIZE --epochs N, --size SCHEDULE, or the device's default schedule (whose epochs --epochs may
+    replace only when it is a single stage: a multi-stage default cannot be stretched unambiguously)."""
+    if args.size is not None:
+        if ":" not in args.size and "," not in args.size and args.epochs is None:
+            raise FinalError(f"--size {args.size} needs --epochs N (or write a schedule such as {args.size}:20)")
+        return parse_schedule(args.size, args.epochs)
+    stages = parse_schedule(default)
+    if args.epochs is None:
+        return stages
+    if len(stages) > 1:
+        raise FinalError(f"--epochs {args.epochs} without --size: the default is the schedule {default}; "
+                         f"give --size SIZE with --epochs, or a schedule such as --size {default}")
+    return parse_schedule(str(stages[0].size), args.epochs)
+
+
+def check_resume(last: Path, identity: dict) -> dict:
+    """The checkpoint in OUT/last.pth when it is one of this very run (same configs, schedule, seed, data folder,
+    --include-val), else a one-line FinalError naming what differs."""
+    try:
+        saved = safe_load(last)
+    except ValueError as e:
+        raise FinalError(f"{e}; use another --out or delete it") from None
+    shown = ("schedule", "seed", "data", "include_val")
+    mismatched = [f"{k} ({saved.get(k)!r} -> {identity[k]!r})" if k in shown else k
+                  for k in identity if saved.get(k) != identity[k]]
+    if mismatched:
+        raise FinalError(f"{last} is a checkpoint of another run (differs in {', '.join(mismatched)}); "
+                         f"use another --out or delete it")
+    return saved
+
+
 def run(args: argparse.Namespace) -> Path:
     device = pick_device(args.device)
-    cuda = device.type == "cuda"
     defaults = device_defaults(device)
-    size, epochs = args.size or defaults["final_size"], args.epochs or defaults["final_epochs"]
-    if size < 32 or epochs < 1:
-        raise FinalError(f"--size must be >= 32 and --epochs >= 1, got {size} and {epochs}")
+    try:
+        schedule = resolve_schedule(args, defaults["final_schedule"])
+    except ScheduleError as e:
+        raise FinalError(f"--size {args.size}: {e}") from None
+    size, epochs = schedule[-1].size, total_epochs(schedule)  # the model predicts at the last stage's size
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
-    if not cuda and args.size is None:
-        print(f"note: no CUDA device; training at {size} px for {epochs} epochs on the CPU "
-              f"(the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
+    if device.type != "cuda" and args.size is None:
+        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
+              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     if args.out is not None:
         _check_writable(args.out)
     if args.preset:
@@ -280,29 +318,21 @@ def run(args: argparse.Namespace) -> Path:
     out = args.out or Path("studies") / chosen.study / "final"
     _check_writable(out)
     data = choose_data(args.data, chosen)
-    train = load_split(data, "train", size=size)
-    val = load_split(data, "val", size=size, keep_full_masks=True)
-    if args.include_val:
-        train = Split("train+val", train.stems + val.stems, np.concatenate([train.images, val.images]),
-                      np.concatenate([train.masks, val.masks]), None, train.sizes + val.sizes)
-    print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
-          f"{count_params(arch):,} params, {epochs} epochs at {size} px on {device}; data {data}; output {out}",
-          flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = {"config": arch.to_dict(), "size": size, "epochs": epochs, "include_val": args.include_val,
-                "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict()}
+    splits = SplitCache(data, include_val=args.include_val)
+    identity = {"config": arch.to_dict(), "schedule": format_schedule(schedule), "seed": args.seed,
+                "data": str(data.resolve()), "include_val": args.include_val, "loss": loss_cfg.to_dict(),
+                "train": train_cfg.to_dict()}
     last, state = out / "last.pth", None
     if last.exists():
-        try:
-            saved = safe_load(last)
-        except ValueError as e:
-            raise FinalError(f"{e}; use another --out or delete it") from None
-        mismatched = [k for k in identity if saved.get(k) != identity[k]]
-        if mismatched:
-            raise FinalError(f"{last} is a checkpoint of another run (differs in {', '.join(mismatched)}); "
-                             f"use another --out or delete it")
-        state = saved
-        print(f"resuming from {last} at epoch {saved['epoch']}/{epochs}", flush=True)
+        state = check_resume(last, identity)
+    for stage in schedule:
+        splits[stage.size]  # decode and validate every stage's data before training starts
+    print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
+          f"{count_params(arch):,} params, {describe_schedule(schedule)} on {device} (seed {args.seed}); "
+          f"data {data}; output {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        print(f"resuming from {last} at epoch {state['epoch']}/{epochs}", flush=True)
 
     def checkpoint(epoch: int, train_state: dict) -> None:
         _save_atomic({**identity, **train_state, "trial": {"study": chosen.study, "number": chosen.trial.number}},
@@ -311,27 +341,29 @@ def run(args: argparse.Namespace) -> Path:
 
     def say(epoch: int, record: dict) -> None:  # a plain line per evaluated epoch, terminal or not
         raw = f" (raw weights {record['val_f_raw']:.4f})" if "val_f_raw" in record else ""
-        print(f"epoch {epoch}/{epochs}: loss {record['loss']:.4f}, val F {record['val_f']:.4f}{raw}, "
-              f"{record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s", flush=True)
+        print(f"epoch {epoch}/{epochs} at {record['size']} px: loss {record['loss']:.4f}, val F "
+              f"{record['val_f']:.4f}{raw}, {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s", flush=True)
 
     workers = args.workers if args.workers is not None else defaults["loader_workers"]
     # the initial weights are drawn from --seed too, not only data order and augmentation
-    model, result = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=epochs, seed=args.seed, ema=args.ema,
-                             size=size, device=device, workers=workers, state=state, callback=say,
-                             on_epoch_end=checkpoint, desc="final", compile=args.compile)
+    model, result = full_fit(arch, splits, loss_cfg, train_cfg, schedule=schedule, seed=args.seed, ema=args.ema,
+                             device=device, workers=workers, state=state, callback=say, on_epoch_end=checkpoint,
+                             desc="final", compile=args.compile)
     ckpt = out / "ckpt.pth"
     params = export_checkpoint(model, arch, size, ckpt)
+    val = splits[size][1]
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
     scorer = result.scorer or evaluate(model, val, device)
     tta_f = evaluate(model, val, device, flip_tta=True).f_measure
-    write_report(out, chosen, arch, params, scorer, result, args, size, epochs, tta_f)
+    write_report(out, chosen, arch, params, scorer, result, args, schedule, tta_f)
     n_test = predict_test(model, data, size, device, out / "masks", args.flip_tta)
     write_solution(out / "solution", ckpt)
     print(f"val F-measure {scorer.f_measure:.4f} (raw weights {result.raw_f:.4f}, flip TTA {tta_f:.4f}); "
           f"report {out / 'report.md'}")
     (out / "final.json").write_text(json.dumps({
         "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
-        "seed": args.seed, "val_f": scorer.f_measure, "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
+        "schedule": format_schedule(schedule), "seed": args.seed, "val_f": scorer.f_measure,
+        "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
         "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device)}, indent=1))
     if n_test:
         path = write_zip(out)

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +28,7 @@ from train.data import Split, class_stats
 from train.infer import autocast, logits_to_mask, normalise, predict_logits, to_tensor
 from train.losses import SegLoss, class_weights
 from train.metric import Scorer
+from train.schedule import Stage, last_epochs, stage_at, total_epochs
 
 SYNC_EVERY = 10  # steps between host reads of the loss (NaN check, progress)
 EMA_DECAY = 0.99  # full-fidelity runs (train.final, analysis.fidelity) evaluate and export averaged weights
@@ -54,31 +55,59 @@ class AugmentedSplit(Dataset):
         return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(np.ascontiguousarray(out["mask"]))
 
 
+class HostBatches:
+    """The CPU path: DataLoader workers (or the main process) run albumentations; each epoch's order and
+    augmentation are drawn from that epoch's seed alone (`epoch(seed)`), so a resumed run repeats them."""
+
+    def __init__(self, split: Split, size: int, strength: float, batch: int, workers: int, pin: bool):
+        self.dataset = AugmentedSplit(split, size, strength, 0)
+        self.order = torch.Generator()
+        self.loader = DataLoader(self.dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+                                 pin_memory=pin, worker_init_fn=_seed_worker if workers else None,
+                                 generator=self.order)  # workers draw their seeds from `order` every epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, seed: int):
+        self.order.manual_seed(seed)
+        self.dataset.pipeline.set_random_seed(seed)  # the main process's pipeline (workers=0)
+        return iter(self.loader)
+
+
 class DeviceBatches:
     """The cached training split on `device` as uint8; each epoch a seeded permutation into full batches, each
     augmented there (`DeviceAugment`, the same `AugRanges` as the CPU pipeline). Yields normalised float images
     and uint8 masks."""
 
-    def __init__(self, split: Split, size: int, strength: float, seed: int, device: torch.device, batch: int):
+    def __init__(self, split: Split, size: int, strength: float, device: torch.device, batch: int):
         images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks)
         if images.shape[1:3] != (size, size):  # cached at another size: resize once, not every step
             images = F.interpolate(images.permute(0, 3, 1, 2).float(), (size, size), mode="bilinear",
                                    antialias=True).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
             masks = F.interpolate(masks[:, None].float(), (size, size), mode="nearest")[:, 0].to(torch.uint8)
         self.images, self.masks = images.contiguous().to(device), masks.contiguous().to(device)
-        self.augment = DeviceAugment(AugRanges.at(strength), seed, device)
-        self.order = torch.Generator().manual_seed(seed)
+        self.augment = DeviceAugment(AugRanges.at(strength), 0, device)
+        self.order = torch.Generator()
         self.batch = batch
 
     def __len__(self) -> int:
         return len(self.images) // self.batch
 
-    def __iter__(self):
+    def epoch(self, seed: int):
+        self.order.manual_seed(seed)
+        self.augment.gen.manual_seed(seed)
         perm = torch.randperm(len(self.images), generator=self.order).to(self.images.device)
         for i in range(len(self)):
             idx = perm[i * self.batch:(i + 1) * self.batch]
             x, y = self.augment(self.images[idx], self.masks[idx])
             yield normalise(x), y
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order, augmentation and other random draws, from the run's seed and the
+    epoch alone: a run resumed at any epoch draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -202,136 +231,185 @@ class FitResult:
     raw_f: float = float("nan")  # with EMA on: the last evaluation of the raw (non-averaged) weights
 
 
-def fit(model: nn.Module, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
-        epochs: int, size: int, device: torch.device, eval_every: int = 1, workers: int = 0, seed: int = 0,
-        callback: Callable[[int, dict], None] | None = None, state: dict | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        desc: str = "train", device_data: bool | None = None, compile: bool = False) -> FitResult:
-    """Train `model` for `epochs` on `train` (cached at `size`), scoring on `val` every `eval_every` epochs
-    and at the end. `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning).
-    `state` (optimizer/scheduler/epoch/history from a checkpoint) resumes a run; `on_epoch_end(epoch, state)`
-    receives a resumable state (the model's weights included) after every epoch. With `train_cfg.ema` > 0 an
-    EMA of the weights is kept, evaluated (the raw weights are scored too, as `raw_f`) and copied into `model`
-    at the end. `device_data` (default: on CUDA) keeps the training set on the device and augments it there
-    (`DeviceBatches`) and scores val there; otherwise DataLoader workers run albumentations on the CPU.
-    `compile` runs the training forward through `torch.compile` (the module itself, its EMA and its checkpoints
-    stay plain)."""
-    torch.manual_seed(seed)
+@dataclass
+class _Run:
+    """What one training run holds across its epochs and stages."""
+
+    model: nn.Module
+    forward: nn.Module  # the model, or its torch.compile wrapper (same parameters)
+    criterion: SegLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: WeightEMA | None
+    device: torch.device
+    aux_weight: float
+    grad_clip: float
+
+
+def _setup(model: nn.Module, train: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, total_steps: int,
+           device: torch.device, compile: bool, state: dict | None) -> _Run:
+    """Loss (class weights from `train`, the first stage's split, kept for the whole run), optimiser, one
+    learning-rate schedule over every stage's steps, EMA; restored from `state` when resuming."""
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     weights = class_weights(class_stats(train.masks)[0], loss_cfg.class_weight_power)
-    criterion = SegLoss(loss_cfg, weights).to(device)
-    batch = min(train_cfg.batch_size, len(train))
-    on_device = device.type == "cuda" if device_data is None else device_data
-    if on_device:
-        loader = DeviceBatches(train, size, train_cfg.aug_strength, seed, device, batch)
-        val_targets = device_targets(val, device)
-    else:
-        loader = DataLoader(AugmentedSplit(train, size, train_cfg.aug_strength, seed), batch_size=batch,
-                            shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
-                            worker_init_fn=_seed_worker if workers else None, persistent_workers=workers > 0,
-                            generator=torch.Generator().manual_seed(seed))
-        val_targets = None
-    steps_per_epoch = len(loader)
-    forward = torch.compile(model) if compile else model  # shares the parameters: the optimizer sees the same
     optimizer = make_optimizer(model, train_cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(epochs * steps_per_epoch,
-                                                                        train_cfg.warmup_frac))
-    ema = WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None
+    run = _Run(model, torch.compile(model) if compile else model, SegLoss(loss_cfg, weights).to(device), optimizer,
+               torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, train_cfg.warmup_frac)),
+               WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None, device, loss_cfg.aux_weight,
+               train_cfg.grad_clip)
+    if state:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.ema is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+    return run
+
+
+def _batches(train: Split, size: int, train_cfg: TrainConfig, device: torch.device, on_device: bool,
+             workers: int) -> HostBatches | DeviceBatches:
+    batch = min(train_cfg.batch_size, len(train))
+    if on_device:
+        return DeviceBatches(train, size, train_cfg.aug_strength, device, batch)
+    return HostBatches(train, size, train_cfg.aug_strength, batch, workers, device.type == "cuda")
+
+
+def _train_epoch(run: _Run, batches, seed: int, epoch: int, bar: tqdm) -> tuple[float, int]:
+    """One epoch; returns (mean loss, images seen). The loss is read from the device every SYNC_EVERY steps."""
+    run.model.train()
+    torch.manual_seed(seed)  # any random draw inside the step (none today) repeats on resume too
+    loss_sum, n_images, steps = torch.zeros((), device=run.device), 0, len(batches)
+    for step, (images, masks) in enumerate(batches.epoch(seed)):
+        if isinstance(batches, DeviceBatches):
+            x, y = images, masks.long()
+        else:
+            x, y = to_tensor(images, run.device), masks.to(run.device, non_blocking=True).long()
+        with autocast(run.device):
+            out = run.forward(x)
+        main, aux = out if isinstance(out, tuple) else (out, None)
+        loss = run.criterion(main, y)
+        if aux is not None:
+            loss = loss + run.aux_weight * F.cross_entropy(aux.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.grad_clip:
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        loss_sum += loss.detach()
+        n_images += len(images)
+        bar.update(1)
+        if step % SYNC_EVERY == SYNC_EVERY - 1 or step == steps - 1:
+            # reading the loss waits for the device: do it every few steps, not every step
+            mean_loss = loss_sum.item() / (step + 1)
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLoss(f"loss became {mean_loss} at epoch {epoch}")
+            bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.3f}")
+    return loss_sum.item() / steps, n_images
+
+
+def _score(run: _Run, val: Split, targets: list[torch.Tensor] | None, record: dict, result: FitResult) -> None:
+    """Score val (the EMA's weights when kept, the raw ones beside them) into `record` and `result`."""
+    scorer = evaluate(run.model if run.ema is None else run.ema.module, val, run.device, targets=targets)
+    record["val_f"] = scorer.f_measure
+    if run.ema is not None:
+        result.raw_f = record["val_f_raw"] = evaluate(run.model, val, run.device, targets=targets).f_measure
+    result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
+    result.final_f, result.scorer = scorer.f_measure, scorer
+    result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)
+
+
+def fit(model: nn.Module, splits: Mapping[int, tuple[Split, Split]], loss_cfg: LossConfig, train_cfg: TrainConfig,
+        *, schedule: Sequence[Stage], device: torch.device, eval_every: int = 1, workers: int = 0, seed: int = 0,
+        callback: Callable[[int, dict], None] | None = None, state: dict | None = None,
+        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
+        desc: str = "train", device_data: bool | None = None, compile: bool = False) -> FitResult:
+    """Train `model` through `schedule`'s stages, each on `splits[stage.size]` = (train, val) cached at that
+    size; val is scored every `eval_every` epochs, at the end of each stage and at the end. One learning-rate
+    schedule spans every stage; each epoch's order and augmentation come from (`seed`, epoch) alone.
+    `callback(epoch, record)` sees each evaluated epoch and may raise to stop (e.g. pruning). `state`
+    (optimizer/scheduler/EMA/epoch/history from a checkpoint) resumes a run, at any epoch and stage, to the
+    weights an uninterrupted run reaches; `on_epoch_end(epoch, state)` receives a resumable state (the model's
+    weights included) after every epoch. With `train_cfg.ema` > 0 an EMA of the weights is kept, evaluated (the
+    raw weights are scored too, as `raw_f`) and copied into `model` at the end. `device_data` (default: on CUDA)
+    keeps the training set on the device and augments it there (`DeviceBatches`) and scores val there;
+    otherwise DataLoader workers run albumentations on the CPU. `compile` runs the training forward through
+    `torch.compile` (the module itself, its EMA and its checkpoints stay plain)."""
+    torch.manual_seed(seed)
+    epochs, ends = total_epochs(schedule), last_epochs(schedule)
+    on_device = device.type == "cuda" if device_data is None else device_data
+    first_train = splits[schedule[0].size][0]
+    steps_per_epoch = len(first_train) // min(train_cfg.batch_size, len(first_train))
+    run = _setup(model, first_train, loss_cfg, train_cfg, epochs * steps_per_epoch, device, compile, state)
     result, start = FitResult(), 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
         start, result.history = state["epoch"], list(state["history"])
-    t_start, n_images, t_train = time.perf_counter(), 0, 0.0
+    # "seconds" in the history counts from the run's start, across a resume
+    t_start = time.perf_counter() - (result.history[-1]["seconds"] if result.history else 0.0)
+    n_images, t_train = 0, 0.0
     bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=desc, leave=False, disable=None if progress else True,
                dynamic_ncols=True)
-    for epoch in range(start + 1, epochs + 1):
-        model.train()
-        t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
-        for step, (images, masks) in enumerate(loader):
-            if on_device:
-                x, y = images, masks.long()
-            else:
-                x, y = to_tensor(images, device), masks.to(device, non_blocking=True).long()
-            with autocast(device):
-                out = forward(x)
-            main, aux = out if isinstance(out, tuple) else (out, None)
-            loss = criterion(main, y)
-            if aux is not None:
-                loss = loss + loss_cfg.aux_weight * F.cross_entropy(aux.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.detach()
-            n_images += len(images)
-            bar.update(1)
-            if step % SYNC_EVERY == SYNC_EVERY - 1 or step == steps_per_epoch - 1:
-                # reading the loss waits for the device: do it every few steps, not every step
-                mean_loss = loss_sum.item() / (step + 1)
-                if not math.isfinite(mean_loss):
-                    bar.close()
-                    raise NonFiniteLoss(f"loss became {mean_loss} at epoch {epoch}")
-                bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.3f}", F=f"{result.best_f:.3f}")
-        epoch_s = time.perf_counter() - t0
-        t_train += epoch_s
-        record = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                  "seconds": time.perf_counter() - t_start, "images_per_s": steps_per_epoch * batch / epoch_s}
-        if epoch % eval_every == 0 or epoch == epochs:
-            scorer = evaluate(model if ema is None else ema.module, val, device, targets=val_targets)
-            record["val_f"] = scorer.f_measure
-            if ema is not None:
-                result.raw_f = record["val_f_raw"] = evaluate(model, val, device, targets=val_targets).f_measure
-            result.per_class_f = [float(v) for v in scorer.per_class_image_f()]
-            result.final_f, result.scorer = scorer.f_measure, scorer
-            result.best_f = scorer.f_measure if math.isnan(result.best_f) else max(result.best_f, scorer.f_measure)
-            bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.3f}", F=f"{result.best_f:.3f}")
-        result.history.append(record)
-        result.epochs_run = epoch
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(),
-                                 "epoch": epoch, "history": result.history,
-                                 "ema": None if ema is None else ema.state_dict()})
-        if callback is not None and "val_f" in record:
-            callback(epoch, record)
-    bar.close()
-    if ema is not None:  # the averaged weights are the result
-        model.load_state_dict(ema.module.state_dict())
+    stage, batches = None, None
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            if stage_at(schedule, epoch) != stage:  # a new stage: its data, cached at its size
+                stage = stage_at(schedule, epoch)
+                train, val = splits[stage.size]
+                batches = _batches(train, stage.size, train_cfg, device, on_device, workers)
+                val_targets = device_targets(val, device) if on_device else None
+            t0 = time.perf_counter()
+            loss, seen = _train_epoch(run, batches, epoch_seed(seed, epoch), epoch, bar)
+            epoch_s = time.perf_counter() - t0
+            t_train, n_images = t_train + epoch_s, n_images + seen
+            record = {"epoch": epoch, "size": stage.size, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                      "seconds": time.perf_counter() - t_start, "images_per_s": seen / epoch_s}
+            if epoch % eval_every == 0 or epoch in ends:
+                _score(run, val, val_targets, record, result)
+                bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", F=f"{result.best_f:.3f}")
+            result.history.append(record)
+            result.epochs_run = epoch
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                     "scheduler": run.scheduler.state_dict(), "epoch": epoch,
+                                     "history": result.history,
+                                     "ema": None if run.ema is None else run.ema.state_dict()})
+            if callback is not None and "val_f" in record:
+                callback(epoch, record)
+    finally:
+        bar.close()
+    if run.ema is not None:  # the averaged weights are the result
+        model.load_state_dict(run.ema.module.state_dict())
     result.seconds = time.perf_counter() - t_start
     result.train_images_per_s = n_images / max(t_train, 1e-9)
     return result
 
 
-def fit_new(arch: ArchConfig, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
-            seed: int, state: dict | None = None, **fit_kwargs) -> tuple[nn.Module, FitResult]:
+def fit_new(arch: ArchConfig, splits: Mapping[int, tuple[Split, Split]], loss_cfg: LossConfig,
+            train_cfg: TrainConfig, *, seed: int, schedule: Sequence[Stage], state: dict | None = None,
+            **fit_kwargs) -> tuple[nn.Module, FitResult]:
     """Build `arch` with initial weights drawn from `seed` alone, then `fit` it with the same seed: a run is
-    reproducible from its configs and seed, whatever the process built or drew before (a search worker's
-    earlier trials). `state` (a checkpoint saved through `on_epoch_end`) resumes it; a finished one is returned
-    with its final weights (the averaged ones when it kept an EMA) and is not trained again."""
+    reproducible from its configs, schedule and seed, whatever the process built or drew before (a search
+    worker's earlier trials). `state` (a checkpoint saved through `on_epoch_end`) resumes it; a finished one is
+    returned with its final weights (the averaged ones when it kept an EMA) and is not trained again."""
     torch.manual_seed(seed)
     model = build_model(arch)
-    if state is not None and state["epoch"] >= fit_kwargs["epochs"]:
+    if state is not None and state["epoch"] >= total_epochs(schedule):
         model.load_state_dict(state["ema"]["module"] if state.get("ema") is not None else state["model"])
         return model, FitResult(history=list(state["history"]), epochs_run=state["epoch"])
     if state is not None:
         model.load_state_dict(state["model"])
-    return model, fit(model, train, val, loss_cfg, train_cfg, seed=seed, state=state, **fit_kwargs)
+    return model, fit(model, splits, loss_cfg, train_cfg, seed=seed, schedule=schedule, state=state, **fit_kwargs)
 
 
-def full_fit(arch: ArchConfig, train: Split, val: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, *,
-             epochs: int, seed: int, ema: float = EMA_DECAY, **fit_kwargs) -> tuple[nn.Module, FitResult]:
+def full_fit(arch: ArchConfig, splits: Mapping[int, tuple[Split, Split]], loss_cfg: LossConfig,
+             train_cfg: TrainConfig, *, schedule: Sequence[Stage], seed: int, ema: float = EMA_DECAY,
+             **fit_kwargs) -> tuple[nn.Module, FitResult]:
     """A full-fidelity run exactly as `train.final` trains one (seeded initial weights, an EMA of the weights
-    evaluated and kept, val scored about FULL_EVALS times); `analysis.fidelity` calls the same function, so
-    its full F values are what `train.final` would report."""
-    return fit_new(arch, train, val, loss_cfg, dataclasses.replace(train_cfg, ema=ema), seed=seed, epochs=epochs,
-                   eval_every=max(1, epochs // FULL_EVALS), **fit_kwargs)
+    evaluated and kept, val scored about FULL_EVALS times and at each stage's end); `analysis.fidelity` calls
+    the same function, so its full F values are what `train.final` would report."""
+    return fit_new(arch, splits, loss_cfg, dataclasses.replace(train_cfg, ema=ema), seed=seed, schedule=schedule,
+                   eval_every=max(1, total_epochs(schedule) // FULL_EVALS), **fit_kwargs)
