@@ -1,9 +1,10 @@
 """`python -m analysis.fidelity --study NAME --k K`: can the proxy be trusted?
 
 Retrains K complete trials chosen across the proxy ranking (evenly from the best to the median, not only the top)
-exactly as `train.final` trains (the same function: initial weights from `--seed`, an EMA of the weights, the same
-evaluation), records each full F in the study (user attr `full_fidelity:<trial>`, saved after each retrain) and
-prints Kendall tau and Spearman rho between proxy F and full F.
+exactly as `train.final` trains (the same function and default schedule: initial weights from `--seed`, an EMA of
+the weights, the same evaluation), records each full F in the study (user attr `full_fidelity:<trial>:<setting>`,
+saved after each retrain, one per schedule, seed, EMA and data folder, so figures of other settings stay beside
+it) and prints Kendall tau and Spearman rho between proxy F and full F.
 
 `--proxy SIZE:EPOCHS:SUBSET` instead re-runs, under that proxy variant, every trial that has a full F, and scores
 three ranking signals against the full F: the last val F, the mean of the last two evaluations, and the summed
@@ -13,6 +14,7 @@ training loss (lower is better). `--table` prints tau, rho, K and seconds per tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -23,13 +25,26 @@ import numpy as np
 import optuna
 import torch
 
-from analysis.common import ATTR, HAND_ATTR, VARIANT_ATTR, complete_trials, rank_correlations, recorded, variant_results
+from analysis.common import (
+    ATTR,
+    HAND_ATTR,
+    VARIANT_ATTR,
+    FullSetting,
+    complete_trials,
+    full_records,
+    full_settings,
+    rank_correlations,
+    record_key,
+    recorded,
+    variant_results,
+)
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
-from train.data import DataError, load_split, resolve_data
-from train.infer import pick_device
+from train.data import DataError, SplitCache, load_split, resolve_data
+from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device
 from train.loop import EMA_DECAY, SIGNALS, fit_new, full_fit, proxy_signals
+from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args
 
 
 class FidelityError(ValueError):
@@ -74,22 +89,31 @@ def data_root(study: optuna.Study, given: Path | None) -> Path:
     return Path(recorded_data)
 
 
+def full_setting(args: argparse.Namespace, study: optuna.Study) -> tuple[tuple[Stage, ...], FullSetting]:
+    """The full-fidelity schedule (`--size`/`--epochs`, default the device's `train.final` default) and the
+    setting its records are keyed by."""
+    schedule = schedule_from_args(args.size, args.epochs, device_defaults(pick_device(args.device))["final_schedule"])
+    data = data_root(study, args.data)
+    return schedule, FullSetting(format_schedule(schedule), args.seed, args.ema, str(data.resolve()))
+
+
 def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> None:
-    """Full-fidelity retrains (one process's share), each recorded as soon as it is done: trial numbers are
-    replayed from the study; preset names are trained at their own hand recipe, not the study's fixed one (the
-    baseline that tells what the study's recipe buys, in the report's recipe/architecture table)."""
+    """Full-fidelity retrains (one process's share), each recorded as soon as it is done, keyed by trial and
+    setting (schedule, seed, EMA, data folder): trial numbers are replayed from the study; preset names are
+    trained at their own hand recipe, not the study's fixed one (the baseline that tells what the study's recipe
+    buys, in the report's recipe/architecture table)."""
     if threads:
         torch.set_num_threads(threads)
     study = load_existing_study(args.storage, args.study)
-    data = data_root(study, args.data)
-    train = load_split(data, "train", size=args.size)
-    val = load_split(data, "val", size=args.size, keep_full_masks=True)
+    schedule, setting = full_setting(args, study)
+    splits = SplitCache(Path(setting.data))
     device = pick_device(args.device)
     for item in items:
-        key = f"{ATTR}:{item}" if isinstance(item, int) else f"{HAND_ATTR}:{item}"
-        done = study.user_attrs.get(key)
-        if done and all(done.get(k) == getattr(args, k) for k in ("epochs", "size", "seed", "ema")):
-            print(f"{key}: already recorded at these settings (F {done['f']:.4f}), skipped", flush=True)
+        key = record_key(ATTR if isinstance(item, int) else HAND_ATTR, item, setting)
+        done = study.user_attrs.get(key) or next((v for i, s, v in full_records(
+            study, ATTR if isinstance(item, int) else HAND_ATTR) if i == str(item) and s == setting), None)
+        if done:
+            print(f"{key}: already recorded at {setting.describe()} (F {done['f']:.4f}), skipped", flush=True)
             continue  # a re-run of the same command resumes where an interrupted one stopped
         if isinstance(item, int):
             trial = study.trials[item]
@@ -99,12 +123,12 @@ def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> N
             said = f"preset {item} at its hand recipe:"
         arch, loss_cfg, train_cfg = configs
         t0 = time.perf_counter()
-        _, fitted = full_fit(arch, train, val, loss_cfg, train_cfg, epochs=args.epochs, seed=args.seed,
-                             ema=args.ema, size=args.size, device=device, desc=key)
+        _, fitted = full_fit(arch, splits, loss_cfg, train_cfg, schedule=schedule, seed=args.seed, ema=args.ema,
+                             device=device, desc=key)
         seconds = round(time.perf_counter() - t0, 1)
-        study.set_user_attr(key, {"f": fitted.final_f, "epochs": args.epochs, "size": args.size, "seed": args.seed,
-                                  "ema": args.ema, "seconds": seconds})
-        print(f"{said} full F {fitted.final_f:.4f} ({seconds:.0f} s)", flush=True)
+        study.set_user_attr(key, {"f": fitted.final_f, "seconds": seconds, "per_class_f": fitted.per_class_f,
+                                  **dataclasses.asdict(setting)})
+        print(f"{said} full F {fitted.final_f:.4f} at {setting.describe()} ({seconds:.0f} s)", flush=True)
 
 
 def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
@@ -115,14 +139,14 @@ def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> N
     name = variant_name(size, epochs, subset)
     study = load_existing_study(args.storage, args.study)
     data = data_root(study, args.data)
-    train = load_split(data, "train", size=size).head(subset)
-    val = load_split(data, "val", size=size, keep_full_masks=True)
+    splits = {size: (load_split(data, "train", size=size).head(subset),
+                     load_split(data, "val", size=size, keep_full_masks=True))}
     device = pick_device(args.device)
     seed = (study.user_attrs.get("proxy") or {}).get("seed", 0)
     for number in numbers:
         arch, loss_cfg, train_cfg = replay(study.trials[number])
         t0 = time.perf_counter()
-        _, fitted = fit_new(arch, train, val, loss_cfg, train_cfg, seed=seed + number, epochs=epochs, size=size,
+        _, fitted = fit_new(arch, splits, loss_cfg, train_cfg, seed=seed + number, schedule=(Stage(size, epochs),),
                             device=device, desc=f"proxy {name} #{number}")
         found = {**proxy_signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
         study.set_user_attr(f"{VARIANT_ATTR}:{name}:{number}", found)
@@ -144,23 +168,42 @@ def run_parallel(target, args: argparse.Namespace, numbers: list[int]) -> int:
     return sum(1 for proc in procs if proc.exitcode)
 
 
-def table(study: optuna.Study) -> str:
-    """A markdown table: each proxy variant and signal against the recorded full F, with the CPU-seconds per trial
-    and tau per CPU-minute (the default proxy is chosen on it)."""
-    full = recorded(study)
-    proxy = {t.number: t.value for t in complete_trials(study)}
-    rows = ["| proxy variant | signal | Kendall tau | Spearman rho | K | seconds per trial | tau per CPU-minute |",
-            "|---|---|---|---|---|---|---|"]
+CLOSE = 0.01  # full F apart: a "close pair", the kind that decides which network ships
+
+
+def close_pairs(scores: list[float], truth: list[float], close: float = CLOSE) -> tuple[int, float]:
+    """(number of pairs whose full F differ by less than `close`, share of them the scores order right)."""
+    pairs = [(i, j) for i in range(len(truth)) for j in range(i + 1, len(truth)) if abs(truth[i] - truth[j]) < close]
+    right = sum((scores[i] - scores[j]) * (truth[i] - truth[j]) > 0 for i, j in pairs)
+    return len(pairs), (right / len(pairs) if pairs else float("nan"))
+
+
+def study_signals(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The study's own proxy run under each signal, from its reported per-epoch val F (its value when it reported
+    none)."""
+    evals = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)] or [trial.value]
+    return {"last_f": evals[-1], "mean_last2_f": float(np.mean(evals[-2:]))}
+
+
+def table(study: optuna.Study, setting: FullSetting | None = None) -> str:
+    """A markdown table: the study's proxy and each proxy variant, per signal, against the full F recorded at
+    `setting` (default the most recorded one): rank correlations, close pairs (full F < CLOSE apart) and how many
+    of them come out right, CPU-seconds per trial and tau per CPU-minute (the default proxy is chosen on it)."""
+    full = recorded(study, setting)
+    rows = ["| proxy variant | signal | Kendall tau | Spearman rho | K | close pairs | close pairs right | "
+            "seconds per trial | tau per CPU-minute |", "|---|---|---|---|---|---|---|---|---|"]
 
     def row(name: str, signal: str, scores: list[float], truth: list[float], seconds: float) -> str:
         tau, rho = rank_correlations(scores, truth)
-        return (f"| {name} | {signal} | {tau:.3f} | {rho:.3f} | {len(scores)} | {seconds:.0f} | "
-                f"{tau / (seconds / 60):.3f} |")
+        n_close, right = close_pairs(scores, truth)
+        return (f"| {name} | {signal} | {tau:.3f} | {rho:.3f} | {len(scores)} | {n_close} | {right:.0%} | "
+                f"{seconds:.0f} | {tau / (seconds / 60):.3f} |")
 
-    in_study = [n for n in full if n in proxy]
-    searched_by = (study.user_attrs.get("proxy") or {}).get("signal", "last_f")
-    rows.append(row("as searched (study)", searched_by, [proxy[n] for n in in_study], [full[n] for n in in_study],
-                    np.mean([study.trials[n].duration.total_seconds() for n in in_study])))
+    proxy = {t.number: t for t in complete_trials(study) if t.number in full}
+    seconds = np.mean([t.duration.total_seconds() for t in proxy.values()]) if proxy else float("nan")
+    for signal in ("last_f", "mean_last2_f"):
+        rows.append(row("as searched (study)", signal, [study_signals(t)[signal] for t in proxy.values()],
+                        [full[n] for n in proxy], seconds))
     for name, found in sorted(variant_results(study).items()):
         both = [n for n in found if n in full]
         seconds = np.mean([found[n]["seconds"] for n in both])
@@ -174,13 +217,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--k", type=int, default=8, help="number of trials to retrain (spread from best to median)")
-    p.add_argument("--epochs", type=int, default=20, help="full-fidelity epochs (the CPU tier)")
-    p.add_argument("--size", type=int, default=128, help="full-fidelity resolution in px (the CPU tier)")
+    p.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
+                   help="full-fidelity resolution with --epochs, or a resolution schedule, as train.final takes it "
+                        f"(default train.final's: {DEVICE_DEFAULTS['cpu']['final_schedule']} on the CPU, "
+                        f"{DEVICE_DEFAULTS['cuda']['final_schedule']} on CUDA); each setting (schedule, seed, EMA, "
+                        "data) keeps its own records")
+    p.add_argument("--epochs", type=int, default=None, help="full-fidelity epochs at --size SIZE")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order, as train.final")
     p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay of the weights, as train.final")
     p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS:SUBSET",
-                   help="instead of retraining: re-run this proxy variant on every trial with a full F")
-    p.add_argument("--table", action="store_true", help="only print the table of every variant measured")
+                   help="instead of retraining: re-run this proxy variant on every trial with a full F (at the "
+                        "setting --size/--epochs/--seed name; without --size, the setting with the most records)")
+    p.add_argument("--table", action="store_true",
+                   help="only print the table of the study's proxy and every variant measured, against the full F "
+                        "at the setting --size/--epochs/--seed/--ema name (without --size: the setting with the most "
+                        "records)")
     p.add_argument("--hand-recipe", action="append", default=[], choices=sorted(PRESETS), metavar="PRESET",
                    help="instead of retraining trials: retrain this preset at its own hand recipe (repeatable), "
                         "the baseline of the report's recipe-vs-architecture table")
@@ -199,14 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.proxy:
             parse_variant(args.proxy)
         study = load_existing_study(args.storage, args.study)
-        data_root(study, args.data)
+        schedule, setting = full_setting(args, study)
+        recorded_settings = full_settings(study)
+        if (args.table or args.proxy) and args.size is None and args.epochs is None and recorded_settings:
+            setting = recorded_settings[0][0]  # reading: the setting with the most records unless one is named
         if args.table:
-            print(table(study))
+            print(f"full fidelity: {setting.describe()} on {setting.data}")
+            print(table(study, setting))
             return 0
         if args.hand_recipe:
             failed = run_parallel(retrain, args, args.hand_recipe)
         elif args.proxy:
-            numbers = sorted(recorded(study))
+            numbers = sorted(recorded(study, setting))
             if len(numbers) < 2:
                 raise FidelityError(f"study {args.study!r} has {len(numbers)} full-fidelity results; run "
                                     f"`python -m analysis.fidelity --study {args.study} --k K` first")
@@ -215,17 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             picks = spread_across_ranking(complete_trials(study), args.k)
             if len(picks) < 2:
                 raise FidelityError(f"study {args.study!r} has too few complete trials to compare ({len(picks)})")
-            print(f"fidelity: retraining trials {', '.join(f'#{t.number}' for t in picks)} at {args.size} px for "
-                  f"{args.epochs} epochs (seed {args.seed}, EMA {args.ema})", flush=True)
+            print(f"fidelity: retraining trials {', '.join(f'#{t.number}' for t in picks)} at "
+                  f"{describe_schedule(schedule)} (seed {args.seed}, EMA {args.ema})", flush=True)
             failed = run_parallel(retrain, args, [t.number for t in picks])
-    except (StorageError, FidelityError, SpaceError, DataError) as e:
+    except (StorageError, FidelityError, SpaceError, DataError, ScheduleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if failed:
         print(f"error: {failed} worker(s) ended with an exception (traceback above)", file=sys.stderr)
         return 1
     study = load_existing_study(args.storage, args.study)
-    full = recorded(study)
+    full = recorded(study, setting)
     proxy = {t.number: t.value for t in complete_trials(study)}
     pairs = [(proxy[n], f) for n, f in full.items() if n in proxy]
     tau, rho = rank_correlations([a for a, _ in pairs], [b for _, b in pairs])
@@ -233,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the scores of one side are all equal, so no ranking can be compared (train longer?)")
     print(f"kendall_tau={tau:.3f} spearman_rho={rho:.3f} trials={len(pairs)}")
     if args.proxy:
-        print(table(study))
+        print(table(study, setting))
     return 0
 
 

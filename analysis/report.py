@@ -23,7 +23,13 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from analysis.common import complete_trials, rank_correlations, recipe_and_architecture, recorded  # noqa: E402
+from analysis.common import (  # noqa: E402
+    complete_trials,
+    full_settings,
+    rank_correlations,
+    recipe_and_architecture,
+    recorded,
+)
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -162,7 +168,11 @@ def pruning(study: optuna.Study, out: Path) -> Section:
 
 
 def fidelity(study: optuna.Study, out: Path) -> Section | None:
-    full = recorded(study)
+    settings = full_settings(study)
+    if not settings:
+        return None
+    setting = settings[0][0]  # the full-fidelity setting with the most retrained trials
+    full = recorded(study, setting)
     pairs = [(t.value, full[t.number]) for t in complete_trials(study) if t.number in full]
     if not pairs:
         return None
@@ -174,6 +184,7 @@ def fidelity(study: optuna.Study, out: Path) -> Section | None:
         ax.set_ylabel("full-fidelity val F")
         ax.set_title(f"Kendall tau {tau:.3f}, Spearman rho {rho:.3f} ({len(pairs)} trials)")
 
+    others = "; ".join(f"{s.describe()}: {n} trials" for s, n in settings[1:])
     rows = recipe_and_architecture(study)
     table = "" if not rows else (
         "<h3>What the recipe buys and what the architecture buys</h3><p>Full-fidelity val F (one seed each); the "
@@ -182,7 +193,9 @@ def fidelity(study: optuna.Study, out: Path) -> Section | None:
         + "".join(f"<tr><td>{html.escape(r)}</td><td>{f:.4f}</td><td>{html.escape(g)}</td></tr>" for r, f, g in rows)
         + "</table>")
     return "Proxy vs full fidelity", _figure(out, "fidelity.png", draw) + (
-        f"<p>Kendall &tau; = {tau:.3f}, Spearman &rho; = {rho:.3f} over {len(pairs)} retrained trials.</p>") + table
+        f"<p>Kendall &tau; = {tau:.3f}, Spearman &rho; = {rho:.3f} over {len(pairs)} retrained trials, full "
+        f"fidelity {html.escape(setting.describe())}"
+        + (f" (other settings recorded: {html.escape(others)})" if others else "") + ".</p>") + table
 
 
 SECTIONS = (history, importances, size_vs_f, per_class, curves, pruning, fidelity)

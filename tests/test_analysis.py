@@ -19,6 +19,8 @@ from PIL import Image
 from analysis.common import (
     ATTR,
     HAND_ATTR,
+    full_records,
+    full_settings,
     hand_recipe_results,
     rank_correlations,
     recipe_and_architecture,
@@ -30,6 +32,7 @@ from analysis.report import write_report
 from search.storage import open_storage
 from space.presets import PRESETS
 from space.sample import sample_config
+from train.schedule import Stage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SECTIONS = ("Optimization history", "Parameter importances", "F-measure vs parameters and FLOPs",
@@ -122,10 +125,11 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     study = optuna.load_study(study_name="f", storage=storage)
     stored = recorded(study)
     assert set(stored) == {0, 1} and all(0 <= f <= 1 for f in stored.values())
-    assert all(study.user_attrs[f"{ATTR}:{n}"]["seed"] == 0 for n in stored)
-    again = run_cli("analysis.fidelity", "--study", "f", "--k", "2", "--epochs", "1", "--size", "32",
-                    "--storage", storage, "--device", "cpu")  # the same command again: nothing is retrained
-    assert again.returncode == 0 and again.stdout.count("already recorded at these settings") == 2
+    records = full_records(study)
+    assert len(records) == 2 and all(s.seed == 0 and s.schedule == "32:1" for _, s, _ in records)
+    again = run_cli("analysis.fidelity", "--study", "f", "--k", "2", "--size", "32:1",
+                    "--storage", storage, "--device", "cpu")  # the same setting again: nothing is retrained
+    assert again.returncode == 0 and again.stdout.count("already recorded at 32:1 seed 0") == 2
     res = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2:0.5", "--storage", storage,
                   "--device", "cpu")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -140,6 +144,26 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     assert 0 <= hand_recipe_results(optuna.load_study(study_name="f", storage=storage))["dw_unet"] <= 1
     bad = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
     assert bad.returncode == 2 and "expected SIZE:EPOCHS:SUBSET" in bad.stderr
+
+
+def test_fidelity_keeps_one_record_per_setting_and_data_folder(tmp_path, tiny_data):
+    """Issue 19 item 4 / issue 20 item 3: a retrain at another schedule, seed or data folder is a new record beside
+    the earlier ones, never "already recorded" and never written over them."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _fidelity_study(storage, tiny_data)
+    copy = shutil.copytree(tiny_data, tmp_path / "faces-copy")
+    base = ["analysis.fidelity", "--study", "f", "--k", "2", "--storage", storage, "--device", "cpu"]
+    first = run_cli(*base, "--size", "32", "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    for other in (["--size", "32", "--epochs", "1", "--data", str(copy)], ["--size", "32", "--epochs", "1", "--seed",
+                  "1"], ["--size", "32:1,48:1"]):
+        res = run_cli(*base, *other)
+        assert res.returncode == 0 and "already recorded" not in res.stdout, (other, res.stdout, res.stderr[-2000:])
+    study = optuna.load_study(study_name="f", storage=storage)
+    settings = dict(full_settings(study))
+    assert len(full_records(study)) == 8 and set(settings.values()) == {2}
+    assert {(s.schedule, s.seed, s.data == str(copy.resolve())) for s in settings} == {
+        ("32:1", 0, False), ("32:1", 0, True), ("32:1", 1, False), ("32:1,48:1", 0, False)}
 
 
 def test_fidelity_retrains_exactly_as_train_final_does(tmp_path, tiny_data, monkeypatch):
@@ -160,9 +184,9 @@ def test_fidelity_retrains_exactly_as_train_final_does(tmp_path, tiny_data, monk
     fid3, fid4, final = calls
     assert torch.equal(fid3.weights, final.weights) and not torch.equal(fid3.weights, fid4.weights)
     assert fid3.train_cfg == final.train_cfg and final.train_cfg.ema == 0.99
-    keys = ("epochs", "eval_every", "seed", "size")
+    keys = ("schedule", "eval_every", "seed")
     assert {k: fid3.kwargs[k] for k in keys} == {k: final.kwargs[k] for k in keys} == {
-        "epochs": 20, "eval_every": 2, "seed": 3, "size": 32}
+        "schedule": (Stage(32, 20),), "eval_every": 2, "seed": 3}
 
 
 class _Quiet(WSGIRequestHandler):
@@ -229,6 +253,7 @@ def test_report_tells_what_the_recipe_and_the_architecture_buy(tmp_path):
     assert recipe_and_architecture(study) == []  # not a fixed-recipe study: nothing to separate
     study.set_user_attr("fixed", {"batch_size": 8})
     study.set_user_attr(f"{HAND_ATTR}:dw_unet", {"f": 0.73})
+    study.set_user_attr(f"{ATTR}:3:other", {"f": 0.99, "schedule": "256:20", "seed": 0})  # another setting: apart
     rows = recipe_and_architecture(study)
     assert [r for r, _, _ in rows] == ["preset dw_unet at its hand recipe", "preset dw_unet at the study's recipe",
                                        "searched #2 at the study's recipe"]

@@ -44,7 +44,8 @@ def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_pa
     assert f"data {tiny_data.resolve()};" in res.stdout and "note:" not in res.stdout
     assert not (work / "data").exists()  # no synthetic set was generated to train on instead
     # one plain line per evaluated epoch (no terminal attached), and the history as CSV beside the checkpoint
-    assert re.search(r"epoch 1/2 at 32 px: loss [0-9.]+, val F [0-9.]+ \(raw weights [0-9.]+\), [0-9.]+ img/s", res.stdout)
+    assert re.search(r"epoch 1/2 at 32 px: loss [0-9.]+, val F [0-9.]+ \(raw weights [0-9.]+\), [0-9.]+ img/s",
+                     res.stdout)
     assert "epoch 2/2 at 32 px:" in res.stdout
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and {"loss", "val_f", "val_f_raw", "seconds"} <= set(history.columns)

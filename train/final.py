@@ -29,7 +29,7 @@ from train.data import DataError, SplitCache, list_split, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
 from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
 from train.metric import Scorer
-from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, parse_schedule, total_epochs
+from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args, total_epochs
 from train.solution import write_solution
 
 
@@ -261,22 +261,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_schedule(args: argparse.Namespace, default: str) -> tuple[Stage, ...]:
-    """--size SIZE --epochs N, --size SCHEDULE, or the device's default schedule (whose epochs --epochs may
-    replace only when it is a single stage: a multi-stage default cannot be stretched unambiguously)."""
-    if args.size is not None:
-        if ":" not in args.size and "," not in args.size and args.epochs is None:
-            raise FinalError(f"--size {args.size} needs --epochs N (or write a schedule such as {args.size}:20)")
-        return parse_schedule(args.size, args.epochs)
-    stages = parse_schedule(default)
-    if args.epochs is None:
-        return stages
-    if len(stages) > 1:
-        raise FinalError(f"--epochs {args.epochs} without --size: the default is the schedule {default}; "
-                         f"give --size SIZE with --epochs, or a schedule such as --size {default}")
-    return parse_schedule(str(stages[0].size), args.epochs)
-
-
 def check_resume(last: Path, identity: dict) -> dict:
     """The checkpoint in OUT/last.pth when it is one of this very run (same configs, schedule, seed, data folder,
     --include-val), else a one-line FinalError naming what differs."""
@@ -297,9 +281,9 @@ def run(args: argparse.Namespace) -> Path:
     device = pick_device(args.device)
     defaults = device_defaults(device)
     try:
-        schedule = resolve_schedule(args, defaults["final_schedule"])
+        schedule = schedule_from_args(args.size, args.epochs, defaults["final_schedule"])
     except ScheduleError as e:
-        raise FinalError(f"--size {args.size}: {e}") from None
+        raise FinalError(str(e)) from None
     size, epochs = schedule[-1].size, total_epochs(schedule)  # the model predicts at the last stage's size
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")

@@ -43,6 +43,23 @@ def parse_schedule(text: str | int, epochs: int | None = None) -> tuple[Stage, .
     return stages
 
 
+def schedule_from_args(size: str | None, epochs: int | None, default: str) -> tuple[Stage, ...]:
+    """What a command's `--size` / `--epochs` mean: SIZE with --epochs, a schedule, or the device's `default`
+    schedule (whose epochs --epochs may replace only when it is one stage: a multi-stage default cannot be
+    stretched unambiguously)."""
+    if size is not None:
+        if ":" not in size and "," not in size and epochs is None:
+            raise ScheduleError(f"--size {size} needs --epochs N (or write a schedule such as {size}:20)")
+        return parse_schedule(size, epochs)
+    stages = parse_schedule(default)
+    if epochs is None:
+        return stages
+    if len(stages) > 1:
+        raise ScheduleError(f"--epochs {epochs} without --size: the default is the schedule {default}; give --size "
+                            f"SIZE with --epochs, or a schedule such as --size {default}")
+    return parse_schedule(str(stages[0].size), epochs)
+
+
 def _int(value: str, what: str, whole: str) -> int:
     try:
         return int(value)
