@@ -1,10 +1,12 @@
 """`python -m bench.gpu_tier`: the whole GPU tier in one command, inside 25 minutes on one H100.
 
-Phases, each timed: (1) training throughput at 256 and 512 px, end-to-end against model-only (the data path's
-efficiency); (2) an architecture search of as many trials as fit in `--search-minutes` at the GPU proxy, with
-`--workers` processes sharing the one GPU through a journal file (optionally under CUDA MPS); (3) `train.final`
-of the best trial at 512 px. Prints, and writes to OUT/gpu_tier.json: device name, val F of the final model,
-trials per hour, efficiency at each size, seconds per phase. `--smoke` runs the same path on the CPU in a minute
+Phases, each timed: (0) a few training steps of the device path under torch's sync debug mode "error": does
+any step wait for the host (`sync_free` in the JSON)? (1) training throughput at 256 and 512 px, end-to-end
+against model-only (the data path's efficiency); (2) an architecture search of as many trials as fit in
+`--search-minutes` at the GPU proxy, with `--workers` processes sharing the one GPU through a journal file (under
+CUDA MPS only with `--mps`; the JSON says which); (3) `train.final` of the best trial at 512 px. Prints, and writes
+to OUT/gpu_tier.json: device name, val F of the final model, trials per hour, efficiency at each size, seconds per
+phase. `--smoke` runs the same path on the CPU in a minute
 at tiny sizes on generated faces (a test runs it).
 
 On the GPU machine the image lacks optuna, optuna-dashboard, sqlalchemy and albumentations; their wheels are in
@@ -22,6 +24,7 @@ and the run's command (carry `.whl` and `data/celebamask-mini`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -36,7 +39,13 @@ import torch
 
 from bench.throughput import device_name, measure
 from search.storage import open_storage
+from space.network import build_model
+from space.presets import PRESETS
+from space.sample import sample_config
+from train.accel import Accel, sync_debug_mode
+from train.data import SplitCache
 from train.infer import pick_device
+from train.loop import make_batches, on_device, setup_run, train_step
 from train.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +79,37 @@ def mps(start: bool) -> bool:
     return False
 
 
+def sync_check(device: torch.device, data: Path, size: int, steps: int = 6) -> dict:
+    """`steps` training steps of dw_unet on the device's own path (Accel.of(device): data on the device, fused
+    AdamW, bf16, EMA), after one warm-up step; on CUDA under torch's sync debug mode "error", so any step that
+    waits for the host raises. Elsewhere the steps run unchecked (the smoke test of this code)."""
+    arch, loss_cfg, train_cfg = sample_config(optuna.trial.FixedTrial(PRESETS["dw_unet"]))
+    train_cfg = dataclasses.replace(train_cfg, batch_size=4, ema=0.99)
+    accel, cuda = Accel.of(device), device.type == "cuda"
+    train, _ = SplitCache(data)[size]
+    torch.manual_seed(0)
+    run = setup_run(build_model(arch), train, loss_cfg, train_cfg, steps + 1, device, accel, False, None)
+    batches = make_batches(train, size, train_cfg, device, accel, 0)
+    batch_iter = iter(batches.epoch(0))
+    if len(batches) < steps + 1:
+        raise SystemExit(f"error: the sync check needs {steps + 1} batches of 4 training images")
+    train_step(run, *on_device(run, *next(batch_iter)))  # warm-up: lazy initialisation may wait for the device
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode(sync_debug_mode("error"))
+    error = None
+    try:
+        for _ in range(steps):
+            train_step(run, *on_device(run, *next(batch_iter)))
+    except RuntimeError as e:  # what the sync debug mode raises at the first synchronising call
+        error = str(e).splitlines()[0][:300]
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode(sync_debug_mode("default"))
+    return {"steps": steps, "checked": cuda, "sync_free": (error is None) if cuda else None, "error": error,
+            "accel": dataclasses.asdict(accel)}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_tier", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,11 +117,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/gpu_tier"), help="folder for the study, logs and JSON")
     p.add_argument("--search-minutes", type=float, default=12.0, help="time given to the search")
     p.add_argument("--workers", type=int, default=4, help="search processes sharing the GPU")
-    p.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True,
-                   help="start CUDA MPS for the search workers where the machine has it")
+    p.add_argument("--mps", action=argparse.BooleanOptionalAction, default=False,
+                   help="start CUDA MPS for the search workers where the machine has it (opt-in: it changes how the "
+                        "workers share the GPU; the JSON records whether it ran)")
     p.add_argument("--final-epochs", type=int, default=60, help="epochs of the 512-px final run")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="train.final through torch.compile")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train.final through torch.compile (default on for the GPU tier, off for --smoke; "
+                        "`--smoke --compile` runs the compiled path on the CPU, about 2 minutes on 2 cores)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="throughput resolutions")
     p.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes, in about a minute")
     return p.parse_args(argv)
@@ -98,14 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:  # tiny: 64-px faces, 32-px proxies of one epoch, a 1-epoch final at 32 px
         data = write_dataset(Path(tmp.name) / "faces", {"train": 12, "val": 4, "test": 2}, size=64, seed=0)
         sizes, search = [32], ["--proxy-size", "32", "--proxy-epochs", "1", "--trials", "3", "--device", "cpu"]
-        final = ["--size", "32", "--epochs", "1", "--device", "cpu", "--no-compile"]
+        final = ["--size", "32", "--epochs", "1", "--device", "cpu", "--compile" if args.compile else "--no-compile"]
         workers, n_images = 2, 8
     else:
         data, sizes, search = args.data, args.sizes, ["--trials", "100000", "--timeout", str(args.search_minutes * 60)]
-        final = ["--size", "512", "--epochs", str(args.final_epochs), "--compile" if args.compile else "--no-compile"]
+        final = ["--size", "512", "--epochs", str(args.final_epochs),
+                 "--no-compile" if args.compile is False else "--compile"]
         workers, n_images = args.workers, 256
     report: dict = {"device": device_name(device), "torch": torch.__version__, "smoke": args.smoke, "seconds": {}}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    t0 = time.perf_counter()
+    print("gpu_tier: training steps under the sync debug mode", flush=True)
+    report["sync_check"] = sync_check(device, data, 32 if args.smoke else 256, steps=2 if args.smoke else 6)
+    print(f"  {report['sync_check']}", flush=True)
+    report["seconds"]["sync_check"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     print(f"gpu_tier: throughput at {sizes} px on {report['device']}", flush=True)

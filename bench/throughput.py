@@ -21,6 +21,7 @@ import torch
 from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
+from train.accel import Accel
 from train.data import Split, load_split
 from train.infer import autocast, pick_device, to_tensor
 from train.loop import fit, make_optimizer
@@ -30,16 +31,17 @@ from train.synthetic import write_dataset
 
 
 def model_only(arch, loss_cfg, train_cfg, size: int, batch: int, device: torch.device, steps: int) -> float:
+    accel = Accel.of(device)  # the settings fit uses on this device
     model = build_model(arch).to(device).train()
-    if device.type == "cuda":
+    if accel.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, train_cfg, device)
+    optimizer = make_optimizer(model, train_cfg, accel.fused_optimizer)
     criterion = SegLoss(loss_cfg).to(device)
-    x = to_tensor(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device)
+    x = to_tensor(torch.randint(0, 255, (batch, size, size, 3), dtype=torch.uint8), device, accel.channels_last)
     y = torch.randint(0, 19, (batch, size, size), device=device)
 
     def step():
-        with autocast(device):
+        with autocast(device, accel.bf16):
             out = model(x)
         main = out[0] if isinstance(out, tuple) else out
         loss = criterion(main, y)

@@ -11,7 +11,6 @@ import argparse
 import math
 import multiprocessing as mp
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,10 +31,12 @@ from search.storage import (
     pick_trial,
     require_study,
 )
+from search.workers import fail_dead_trials, start_seed, take_trial, this_worker, worker_seed
 from space.budget import count_flops
 from space.config import BUDGET
 from space.presets import PRESETS
 from space.sample import check_params, parse_assignments, recipe_params, sample_config
+from train.accel import share_memory
 from train.data import DataError, Split, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
 from train.loop import NonFiniteLoss, fit_new, proxy_signals
@@ -77,17 +78,22 @@ class Objective:
     def __init__(self, s: Settings, train: Split, val: Split):
         self.s, self.train, self.val = s, train, val
         self.device = pick_device(s.device)
+        self.seeded = False  # the sampler is re-seeded from this worker's first trial
         s.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(str(s.artifact_dir))
         self.max_flops = s.flops_cap * preset_flops(s.proxy_size) if s.flops_cap else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.s
+        for key, value in this_worker().items():  # first: a later start can tell whether this worker died
+            trial.set_user_attr(key, value)
+        if not self.seeded:  # this worker's own stream, from the first trial it took (search.workers.worker_seed)
+            trial.study.sampler = make_sampler(s.sampler, worker_seed(s.seed, trial.number), s.fixed)
+            self.seeded = True
         arch, loss_cfg, train_cfg = sample_config(trial)
         flops = count_flops(arch, s.proxy_size)
         trial.set_user_attr("flops", flops)
         trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("arch", arch.to_dict())
         if self.max_flops and flops > self.max_flops:
             trial.set_user_attr("over_flops_cap", True)
@@ -145,7 +151,9 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
 
 
-def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None, index: int = 0) -> optuna.Study:
+    """The study, with a sampler seeded for worker `index` of this invocation (each worker re-seeds it from the
+    first trial it takes: search.workers.worker_seed)."""
     storage = storage or open_storage(s.storage, heartbeat=s.heartbeat)
     # offset the seed by the trials already stored, so a resumed study does not replay the same proposals
     try:
@@ -153,7 +161,7 @@ def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) 
     except KeyError:
         stored = 0
     study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize",
-                                sampler=make_sampler(s.sampler, s.seed + stored, s.fixed),
+                                sampler=make_sampler(s.sampler, start_seed(s.seed, stored, index), s.fixed),
                                 pruner=make_pruner(s.pruner, s.proxy_epochs), load_if_exists=True)
     if not study.metric_names:
         with warnings.catch_warnings():
@@ -205,23 +213,20 @@ def load_data(s: Settings) -> tuple[Split, Split]:
     return train, val
 
 
-def run_worker(s: Settings, n_trials: int, total: int | None, timeout: float | None, threads: int,
-               data: tuple[Split, Split] | None = None, workers_on_device: int = 1) -> None:
-    """One process's share of the search (also the single-process path, which passes the data it loaded)."""
+def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: tuple[Split, Split] | None = None,
+               workers_on_device: int = 1, index: int = 0) -> None:
+    """One process's share of the search (also the single-process path, which passes the data it loaded): it
+    runs trials while the invocation's `budget` (a shared multiprocessing Value) has any left."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(s.device)
-    if workers_on_device > 1 and device.type == "cuda":  # several workers share one GPU: each gets its share
-        torch.cuda.set_per_process_memory_fraction(0.95 / workers_on_device, device)
+    share_memory(device, workers_on_device)  # several workers on one GPU: each gets its share of its memory
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train, val = data or load_data(s)
-    study = open_study(s)
-    # count what ran or runs, not the WAITING presets, which no worker has started yet
-    ran = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
-           optuna.trial.TrialState.RUNNING)
-    callbacks = [optuna.study.MaxTrialsCallback(total, states=ran)] if total else []
-    study.optimize(Objective(s, train, val), n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, say_trial],
-                   catch=FAILURES, gc_after_trial=True)
+    study = open_study(s, index=index)
+    objective, t0 = Objective(s, train, val), time.time()
+    while (timeout is None or time.time() - t0 < timeout) and take_trial(budget):
+        study.optimize(objective, n_trials=1, callbacks=[say_trial], catch=FAILURES, gc_after_trial=True)
 
 
 def say_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -410,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finished = n_finished(study)
+    if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
+        for note in fail_dead_trials(study):
+            print(f"note: {note}", flush=True)
     dropped = enqueue_presets(study, storage, s.fixed)
     study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
@@ -425,16 +433,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search: another process enqueued the presets at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
     t0 = time.time()
+    ctx = mp.get_context("spawn")
+    budget = ctx.Value("i", args.trials)  # exactly --trials trials, whatever the number of workers
     try:
         if args.workers == 1:
-            run_worker(s, args.trials, None, args.timeout, 0, data)
+            run_worker(s, budget, args.timeout, 0, data)
         else:
             del data  # each worker process loads its own copy
-            total = finished + args.trials
             threads = max(1, (os.cpu_count() or 1) // args.workers)
-            ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=run_worker, args=(s, args.trials, total, args.timeout, threads, None,
-                                                          args.workers)) for _ in range(args.workers)]
+            procs = [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers, i))
+                     for i in range(args.workers)]
             for proc in procs:
                 proc.start()
             for proc in procs:

@@ -10,7 +10,11 @@ def test_gpu_tier_smoke_runs_the_whole_path_on_the_cpu(tmp_path):
     res = run_cli("bench.gpu_tier", "--smoke", "--out", str(tmp_path / "tier"), cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = json.loads((tmp_path / "tier" / "gpu_tier.json").read_text())
-    assert report["device"].startswith("cpu") and set(report["seconds"]) == {"throughput", "search", "final"}
+    assert report["device"].startswith("cpu") and set(report["seconds"]) == {"sync_check", "throughput", "search",
+                                                                              "final"}
+    # the device path's steps ran (unchecked off CUDA: the sync debug mode needs a GPU); MPS only when asked
+    assert report["sync_check"]["checked"] is False and report["sync_check"]["error"] is None
+    assert report["sync_check"]["accel"]["device_data"] is False and report["mps"] is False
     assert report["search"]["trials"] == 3 and report["search"]["workers"] == 2  # all asked for, none lost
     assert report["search"]["trials_per_hour"] > 0 and report["throughput"][0]["efficiency"] > 0
     assert 0 <= report["final"]["val_f"] <= 1 and report["final"]["size"] == 32

@@ -13,6 +13,7 @@ import torch
 
 from space.presets import PRESETS
 from space.sample import sample_config
+from train.accel import Accel
 from train.data import load_split
 from train.loop import fit_new
 from train.losses import SegLoss
@@ -41,7 +42,7 @@ def test_overfitting_a_few_faces_beats_the_threshold_only_when_nothing_is_broken
     # "device path": the data path CUDA takes (set on the device, augmented there, scored there), run on the CPU
     _, result = fit_new(arch, {32: (split, faces)}, loss_cfg, train_cfg, seed=0, schedule=(Stage(32, 80),),
                         device=torch.device("cpu"), eval_every=80, progress=False,
-                        device_data=breakage.endswith("device path"))
+                        accel=Accel(device_data=breakage.endswith("device path")))
     if breakage.startswith("none"):
         assert result.final_f > THRESHOLD, f"training did not learn: F {result.final_f:.3f} on its own images"
     else:

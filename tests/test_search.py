@@ -21,6 +21,13 @@ def search_args(data: Path, storage: str, art: Path, trials: int, *extra: str) -
             "--device", "cpu", *extra]
 
 
+def budget(trials: int):
+    """The invocation's trial budget that search.run shares between its workers."""
+    import multiprocessing as mp
+
+    return mp.get_context("spawn").Value("i", trials)
+
+
 def load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="t", storage=open_storage(storage, heartbeat=None))
 
@@ -124,7 +131,7 @@ def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, mo
     s = run_mod.Settings(data=tiny_data, study="t", storage=f"sqlite:///{tmp_path / 's.db'}",
                          artifact_dir=tmp_path / "art", proxy_size=32, proxy_epochs=1, subset=1.0, sampler="tpe",
                          pruner="none", seed=0, device="cpu", loader_workers=0)
-    run_mod.run_worker(s, 2, None, None, 0)
+    run_mod.run_worker(s, budget(2), None, 0)
     trials = load(s.storage).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
     assert "NonFiniteLoss: loss became nan" in trials[0].user_attrs["fail_reason"]
@@ -228,7 +235,7 @@ def test_nonfinite_loss_and_oom_fail_the_trial_other_errors_end_the_run(tiny_dat
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(train.loop, "fit", oom)
-    run_mod.run_worker(s, 1, None, None, 0)
+    run_mod.run_worker(s, budget(1), None, 0)
     assert "OutOfMemoryError" in load(s.storage).trials[0].user_attrs["fail_reason"]
 
     def bug(*args, **kwargs):
@@ -236,7 +243,7 @@ def test_nonfinite_loss_and_oom_fail_the_trial_other_errors_end_the_run(tiny_dat
 
     monkeypatch.setattr(train.loop, "fit", bug)
     with pytest.raises(KeyError, match="a bug in the code"):
-        run_mod.run_worker(s, 3, None, None, 0)
+        run_mod.run_worker(s, budget(3), None, 0)
     assert len(load(s.storage).trials) == 2  # it stopped at the first such trial instead of failing all three
 
 

@@ -105,6 +105,7 @@ class DeviceAugment:
         self.lut = torch.as_tensor(FLIP_LUT, device=self.device)
         self.yiq = _YIQ.to(self.device)
         self.rgb = torch.linalg.inv(_YIQ).to(self.device)
+        self.grey = torch.tensor(_GREY, device=self.device)[None, :, None, None]  # built once, not per batch
 
     def _uniform(self, n: int, half: float) -> torch.Tensor:
         return (torch.rand(n, generator=self.gen, device=self.device) * 2 - 1) * half
@@ -149,7 +150,7 @@ class DeviceAugment:
         def factor(half: float) -> torch.Tensor:
             return torch.where(on, 1 + self._uniform(n, half), torch.ones(n, device=self.device))[:, None, None, None]
 
-        grey_w = torch.tensor(_GREY, device=self.device)[None, :, None, None]
+        grey_w = self.grey
         x = (x * factor(r.brightness)).clamp_(0, 1)
         mean = (x * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         x = ((x - mean) * factor(r.contrast) + mean).clamp_(0, 1)

@@ -62,24 +62,34 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a disabled context (fp32) elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 autocast (by default on CUDA; a CPU test may ask for it), else a disabled context (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if bf16 is None else bf16)
 
 
-def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last on CUDA)."""
+def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool | None = None
+              ) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float on `device` (channels_last by default on CUDA)."""
     if not isinstance(images, torch.Tensor):  # DataLoader batches arrive as tensors already
         images = torch.from_numpy(np.array(images))  # a copy: decoded PIL arrays are read-only
-    return normalise(images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255))
+    return normalise(images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255), channels_last)
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] -> the network's input (channels_last on CUDA)."""
+def normalise(x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> the network's input (channels_last by default on CUDA)."""
     x = x.sub(MEAN).div_(STD)
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x.contiguous()
+    last = x.device.type == "cuda" if channels_last is None else channels_last
+    return x.contiguous(memory_format=torch.channels_last) if last else x.contiguous()
+
+
+_FLIP_LUTS: dict[torch.device, torch.Tensor] = {}
+
+
+def flip_lut(device: torch.device) -> torch.Tensor:
+    """FLIP_LUT as an index tensor on `device`, built once per device (not a host-to-device copy per batch)."""
+    if device not in _FLIP_LUTS:
+        _FLIP_LUTS[device] = torch.as_tensor(FLIP_LUT, device=device).long()
+    return _FLIP_LUTS[device]
 
 
 @torch.no_grad()
@@ -92,7 +102,7 @@ def predict_logits(model: torch.nn.Module, batch: np.ndarray, device: torch.devi
         logits = model(x).float()
         if flip_tta:
             flipped = model(x.flip(3)).float().flip(3)
-            logits = (logits + flipped[:, torch.as_tensor(FLIP_LUT, device=device).long()]) / 2
+            logits = (logits + flipped[:, flip_lut(device)]) / 2
     return logits
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from space.config import NUM_CLASSES, ArchConfig, LossConfig, TrainConfig
 from space.network import build_model
+from train.accel import Accel
 from train.augment import AugRanges, DeviceAugment, train_pipeline
 from train.data import Split, class_stats
 from train.infer import autocast, logits_to_mask, normalise, predict_logits, to_tensor
@@ -80,7 +81,8 @@ class DeviceBatches:
     augmented there (`DeviceAugment`, the same `AugRanges` as the CPU pipeline). Yields normalised float images
     and uint8 masks."""
 
-    def __init__(self, split: Split, size: int, strength: float, device: torch.device, batch: int):
+    def __init__(self, split: Split, size: int, strength: float, device: torch.device, batch: int,
+                 channels_last: bool):
         images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks)
         if images.shape[1:3] != (size, size):  # cached at another size: resize once, not every step
             images = F.interpolate(images.permute(0, 3, 1, 2).float(), (size, size), mode="bilinear",
@@ -89,7 +91,7 @@ class DeviceBatches:
         self.images, self.masks = images.contiguous().to(device), masks.contiguous().to(device)
         self.augment = DeviceAugment(AugRanges.at(strength), 0, device)
         self.order = torch.Generator()
-        self.batch = batch
+        self.batch, self.channels_last = batch, channels_last
 
     def __len__(self) -> int:
         return len(self.images) // self.batch
@@ -101,7 +103,7 @@ class DeviceBatches:
         for i in range(len(self)):
             idx = perm[i * self.batch:(i + 1) * self.batch]
             x, y = self.augment(self.images[idx], self.masks[idx])
-            yield normalise(x), y
+            yield normalise(x, self.channels_last), y
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -121,11 +123,18 @@ def device_targets(split: Split, device: torch.device) -> list[torch.Tensor]:
     return [torch.from_numpy(np.array(t)).to(device) for t in targets]  # a copy: decoded arrays are read-only
 
 
+def confusion(target: torch.Tensor, pred: torch.Tensor, c: int = NUM_CLASSES) -> torch.Tensor:
+    """(c * c,) counts of (target, prediction) pairs, on their device without a host read (torch.bincount reads
+    the index range back to the host, with or without minlength)."""
+    index = target.long().flatten() * c + pred.long().flatten()
+    return torch.zeros(c * c, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 16,
              flip_tta: bool = False, targets: list[torch.Tensor] | None = None) -> Scorer:
     """Challenge F-measure of `model` on `split`; logits are upsampled to each native mask size before argmax.
-    With `targets` (`device_targets`) the confusion matrices are counted on the device (`torch.bincount`) and
+    With `targets` (`device_targets`) the confusion matrices are counted on the device (`confusion`) and
     only they come back, one transfer per batch (on CUDA they are made here when not given: pass them to score
     a split repeatedly without uploading it each time); on the CPU each predicted mask is scored on the host."""
     scorer = Scorer()
@@ -145,7 +154,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         for lg, gt in zip(logits, targets[i:i + batch_size]):
             if lg.shape[1:] != gt.shape:
                 lg = F.interpolate(lg[None], gt.shape, mode="bilinear", align_corners=False)[0]
-            cms.append(torch.bincount(gt.long().flatten() * c + lg.argmax(0).flatten(), minlength=c * c))
+            cms.append(confusion(gt, lg.argmax(0), c))
         for cm in torch.stack(cms).view(-1, c, c).cpu().numpy():
             scorer.add_confusion(cm)
     return scorer
@@ -182,15 +191,15 @@ class WeightEMA:
         self.steps = state["steps"]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """AdamW or Nesterov SGD, no weight decay on biases and norms; the fused AdamW kernel on CUDA (one launch for
-    all tensors; the CPU keeps the default implementation and its numbers)."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD, no weight decay on biases and norms; `fused` (Accel, on CUDA) the fused AdamW kernel
+    (one launch for all tensors; the CPU keeps the default implementation and its numbers)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device is not None and device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def lr_lambda(total_steps: int, warmup_frac: float) -> Callable[[int], float]:
@@ -232,7 +241,7 @@ class FitResult:
 
 
 @dataclass
-class _Run:
+class Run:
     """What one training run holds across its epochs and stages."""
 
     model: nn.Module
@@ -242,23 +251,25 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: WeightEMA | None
     device: torch.device
+    accel: Accel
     aux_weight: float
     grad_clip: float
 
 
-def _setup(model: nn.Module, train: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, total_steps: int,
-           device: torch.device, compile: bool, state: dict | None) -> _Run:
+def setup_run(model: nn.Module, train: Split, loss_cfg: LossConfig, train_cfg: TrainConfig, total_steps: int,
+           device: torch.device, accel: Accel, compile: bool, state: dict | None) -> Run:
     """Loss (class weights from `train`, the first stage's split, kept for the whole run), optimiser, one
     learning-rate schedule over every stage's steps, EMA; restored from `state` when resuming."""
     model.to(device)
-    if device.type == "cuda":
+    if accel.channels_last:
         model.to(memory_format=torch.channels_last)
+    if accel.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     weights = class_weights(class_stats(train.masks)[0], loss_cfg.class_weight_power)
-    optimizer = make_optimizer(model, train_cfg, device)
-    run = _Run(model, torch.compile(model) if compile else model, SegLoss(loss_cfg, weights).to(device), optimizer,
+    optimizer = make_optimizer(model, train_cfg, accel.fused_optimizer)
+    run = Run(model, torch.compile(model) if compile else model, SegLoss(loss_cfg, weights).to(device), optimizer,
                torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, train_cfg.warmup_frac)),
-               WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None, device, loss_cfg.aux_weight,
+               WeightEMA(model, train_cfg.ema) if train_cfg.ema > 0 else None, device, accel, loss_cfg.aux_weight,
                train_cfg.grad_clip)
     if state:
         run.optimizer.load_state_dict(state["optimizer"])
@@ -268,39 +279,49 @@ def _setup(model: nn.Module, train: Split, loss_cfg: LossConfig, train_cfg: Trai
     return run
 
 
-def _batches(train: Split, size: int, train_cfg: TrainConfig, device: torch.device, on_device: bool,
+def make_batches(train: Split, size: int, train_cfg: TrainConfig, device: torch.device, accel: Accel,
              workers: int) -> HostBatches | DeviceBatches:
     batch = min(train_cfg.batch_size, len(train))
-    if on_device:
-        return DeviceBatches(train, size, train_cfg.aug_strength, device, batch)
+    if accel.device_data:
+        return DeviceBatches(train, size, train_cfg.aug_strength, device, batch, accel.channels_last)
     return HostBatches(train, size, train_cfg.aug_strength, batch, workers, device.type == "cuda")
 
 
-def _train_epoch(run: _Run, batches, seed: int, epoch: int, bar: tqdm) -> tuple[float, int]:
+def on_device(run: Run, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of `make_batches` as the step takes it: the network's input and int64 masks on the run's device
+    (DeviceBatches yield them there already; host batches are uint8 HWC)."""
+    if images.is_floating_point():
+        return images, masks.long()
+    return to_tensor(images, run.device, run.accel.channels_last), masks.to(run.device, non_blocking=True).long()
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on a batch already on the device; returns the loss without reading it back (on
+    CUDA nothing here waits for the device: `bench.gpu_tier` checks it under torch's sync debug mode)."""
+    with autocast(run.device, run.accel.bf16):
+        out = run.forward(x)
+    main, aux = out if isinstance(out, tuple) else (out, None)
+    loss = run.criterion(main, y)
+    if aux is not None:
+        loss = loss + run.aux_weight * F.cross_entropy(aux.float(), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.grad_clip:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return loss.detach()
+
+
+def _train_epoch(run: Run, batches, seed: int, epoch: int, bar: tqdm) -> tuple[float, int]:
     """One epoch; returns (mean loss, images seen). The loss is read from the device every SYNC_EVERY steps."""
     run.model.train()
     torch.manual_seed(seed)  # any random draw inside the step (none today) repeats on resume too
     loss_sum, n_images, steps = torch.zeros((), device=run.device), 0, len(batches)
     for step, (images, masks) in enumerate(batches.epoch(seed)):
-        if isinstance(batches, DeviceBatches):
-            x, y = images, masks.long()
-        else:
-            x, y = to_tensor(images, run.device), masks.to(run.device, non_blocking=True).long()
-        with autocast(run.device):
-            out = run.forward(x)
-        main, aux = out if isinstance(out, tuple) else (out, None)
-        loss = run.criterion(main, y)
-        if aux is not None:
-            loss = loss + run.aux_weight * F.cross_entropy(aux.float(), y)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if run.grad_clip:
-            nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
-        run.optimizer.step()
-        run.scheduler.step()
-        if run.ema is not None:
-            run.ema.update(run.model)
-        loss_sum += loss.detach()
+        loss_sum += train_step(run, *on_device(run, images, masks))
         n_images += len(images)
         bar.update(1)
         if step % SYNC_EVERY == SYNC_EVERY - 1 or step == steps - 1:
@@ -312,7 +333,7 @@ def _train_epoch(run: _Run, batches, seed: int, epoch: int, bar: tqdm) -> tuple[
     return loss_sum.item() / steps, n_images
 
 
-def _score(run: _Run, val: Split, targets: list[torch.Tensor] | None, record: dict, result: FitResult) -> None:
+def _score(run: Run, val: Split, targets: list[torch.Tensor] | None, record: dict, result: FitResult) -> None:
     """Score val (the EMA's weights when kept, the raw ones beside them) into `record` and `result`."""
     scorer = evaluate(run.model if run.ema is None else run.ema.module, val, run.device, targets=targets)
     record["val_f"] = scorer.f_measure
@@ -327,7 +348,7 @@ def fit(model: nn.Module, splits: Mapping[int, tuple[Split, Split]], loss_cfg: L
         *, schedule: Sequence[Stage], device: torch.device, eval_every: int = 1, workers: int = 0, seed: int = 0,
         callback: Callable[[int, dict], None] | None = None, state: dict | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        desc: str = "train", device_data: bool | None = None, compile: bool = False) -> FitResult:
+        desc: str = "train", accel: Accel | None = None, compile: bool = False) -> FitResult:
     """Train `model` through `schedule`'s stages, each on `splits[stage.size]` = (train, val) cached at that
     size; val is scored every `eval_every` epochs, at the end of each stage and at the end. One learning-rate
     schedule spans every stage; each epoch's order and augmentation come from (`seed`, epoch) alone.
@@ -335,16 +356,17 @@ def fit(model: nn.Module, splits: Mapping[int, tuple[Split, Split]], loss_cfg: L
     (optimizer/scheduler/EMA/epoch/history from a checkpoint) resumes a run, at any epoch and stage, to the
     weights an uninterrupted run reaches; `on_epoch_end(epoch, state)` receives a resumable state (the model's
     weights included) after every epoch. With `train_cfg.ema` > 0 an EMA of the weights is kept, evaluated (the
-    raw weights are scored too, as `raw_f`) and copied into `model` at the end. `device_data` (default: on CUDA)
-    keeps the training set on the device and augments it there (`DeviceBatches`) and scores val there;
-    otherwise DataLoader workers run albumentations on the CPU. `compile` runs the training forward through
-    `torch.compile` (the module itself, its EMA and its checkpoints stay plain)."""
+    raw weights are scored too, as `raw_f`) and copied into `model` at the end. `accel` (default
+    `Accel.of(device)`: everything on for CUDA) sets bf16 autocast, channels_last, the fused optimiser and whether
+    the training set is kept and augmented on the device (`DeviceBatches`, val scored there too) or augmented by
+    DataLoader workers with albumentations on the CPU; a CPU test runs the CUDA settings. `compile` runs the
+    training forward through `torch.compile` (the module itself, its EMA and its checkpoints stay plain)."""
     torch.manual_seed(seed)
     epochs, ends = total_epochs(schedule), last_epochs(schedule)
-    on_device = device.type == "cuda" if device_data is None else device_data
+    accel = accel or Accel.of(device)
     first_train = splits[schedule[0].size][0]
     steps_per_epoch = len(first_train) // min(train_cfg.batch_size, len(first_train))
-    run = _setup(model, first_train, loss_cfg, train_cfg, epochs * steps_per_epoch, device, compile, state)
+    run = setup_run(model, first_train, loss_cfg, train_cfg, epochs * steps_per_epoch, device, accel, compile, state)
     result, start = FitResult(), 0
     if state:
         start, result.history = state["epoch"], list(state["history"])
@@ -359,8 +381,8 @@ def fit(model: nn.Module, splits: Mapping[int, tuple[Split, Split]], loss_cfg: L
             if stage_at(schedule, epoch) != stage:  # a new stage: its data, cached at its size
                 stage = stage_at(schedule, epoch)
                 train, val = splits[stage.size]
-                batches = _batches(train, stage.size, train_cfg, device, on_device, workers)
-                val_targets = device_targets(val, device) if on_device else None
+                batches = make_batches(train, stage.size, train_cfg, device, accel, workers)
+                val_targets = device_targets(val, device) if accel.device_data else None
             t0 = time.perf_counter()
             loss, seen = _train_epoch(run, batches, epoch_seed(seed, epoch), epoch, bar)
             epoch_s = time.perf_counter() - t0
