@@ -25,15 +25,14 @@ import numpy as np
 import optuna
 import torch
 
-from analysis.common import (
+from analysis.common import complete_trials, rank_correlations
+from search.records import (
     ATTR,
     HAND_ATTR,
     VARIANT_ATTR,
     FullSetting,
-    complete_trials,
     full_records,
     full_settings,
-    rank_correlations,
     record_key,
     recorded,
     variant_results,

@@ -23,13 +23,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from analysis.common import (  # noqa: E402
-    complete_trials,
-    full_settings,
-    rank_correlations,
-    recipe_and_architecture,
-    recorded,
-)
+from analysis.common import complete_trials, rank_correlations  # noqa: E402
+from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402

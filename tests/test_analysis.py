@@ -16,19 +16,19 @@ import torch
 from conftest import StopAtFit, capture_initial_weights, run_cli
 from PIL import Image
 
-from analysis.common import (
+from analysis.common import rank_correlations
+from analysis.fidelity import spread_across_ranking
+from analysis.report import write_report
+from search.records import (
     ATTR,
     HAND_ATTR,
     full_records,
     full_settings,
     hand_recipe_results,
-    rank_correlations,
     recipe_and_architecture,
     recorded,
     variant_results,
 )
-from analysis.fidelity import spread_across_ranking
-from analysis.report import write_report
 from search.storage import open_storage
 from space.presets import PRESETS
 from space.sample import sample_config
