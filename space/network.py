@@ -301,9 +301,9 @@ class FaceParser(nn.Module):
 
     def forward(self, x: torch.Tensor):
         h, w = x.shape[2:]
-        ph, pw = -h % NOMINAL_STRIDE, -w % NOMINAL_STRIDE
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        # pad to a multiple of the nominal stride; always (a pad of 0 is a no-op), so that an ONNX export with a
+        # variable height and width traces the padding instead of baking in the example's branch
+        x = F.pad(x, (0, -w % NOMINAL_STRIDE, 0, -h % NOMINAL_STRIDE))
         feats = {}
         y = feats["stem"] = self.stem(x)  # (B, C, H/2, W/2)
         for i, stage in enumerate(self.stages):

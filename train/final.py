@@ -20,15 +20,18 @@ from pathlib import Path
 import optuna
 import torch
 
+from search.records import recipe_and_architecture
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
-from space.budget import count_params
+from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
+from train.classes import CLASS_NAMES
 from train.data import DataError, SplitCache, list_split, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
 from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
 from train.metric import Scorer
+from train.report_pdf import ReportError, write_pdf
 from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args, total_epochs
 from train.solution import write_solution
 
@@ -200,6 +203,27 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
     (out / "report.md").write_text(text)
 
 
+def per_class(scorer: Scorer) -> list[dict]:
+    """Each class's mean per-image F over the val images containing it, for final.json and the PDF report."""
+    return [{"id": c, "name": CLASS_NAMES[c], "images": int(scorer.class_count[c]),
+             "f": None if not scorer.class_count[c] else round(float(f), 4)}
+            for c, f in enumerate(scorer.per_class_image_f())]
+
+
+def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dict:
+    """How the network was found, for the report: a hand-designed preset, or the study's trials, proxy, fixed
+    params and (when recorded) what the recipe and the architecture each bought."""
+    if storage is None:
+        return {"kind": "preset", "name": chosen.study.removeprefix("preset-")}
+    study = optuna.load_study(study_name=chosen.study, storage=storage)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {"kind": "study", "study": chosen.study, "trials": len(states),
+            "complete": states.count(optuna.trial.TrialState.COMPLETE),
+            "pruned": states.count(optuna.trial.TrialState.PRUNED), "proxy": study.user_attrs.get("proxy"),
+            "fixed": study.user_attrs.get("fixed"), "proxy_f": chosen.trial.value, "decided_by": "the proxy",
+            "recipe_vs_architecture": [list(row) for row in recipe_and_architecture(study)]}
+
+
 def predict_test(model: torch.nn.Module, data: Path, size: int, device: torch.device, masks_dir: Path,
                  flip_tta: bool) -> int:
     try:
@@ -292,6 +316,7 @@ def run(args: argparse.Namespace) -> Path:
               f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     if args.out is not None:
         _check_writable(args.out)
+    storage = None
     if args.preset:
         chosen = preset_trial(args.preset)
     else:
@@ -348,7 +373,15 @@ def run(args: argparse.Namespace) -> Path:
         "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
         "schedule": format_schedule(schedule), "seed": args.seed, "val_f": scorer.f_measure,
         "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
-        "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device)}, indent=1))
+        "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device),
+        "flops": count_flops(arch, size), "arch": arch.to_dict(), "loss": loss_cfg.to_dict(),
+        "train": train_cfg.to_dict(), "ema": args.ema, "flip_tta": args.flip_tta, "include_val": args.include_val,
+        "train_images": len(splits[size][0]), "val_images": len(scorer.scores), "miou": scorer.miou(),
+        "per_class": per_class(scorer), "found_by": found_by(chosen, storage)}, indent=1))
+    try:
+        write_pdf(out)
+    except ReportError as e:
+        print(f"note: {e}; rebuild it later with python -m train.report_pdf {out}", flush=True)
     if n_test:
         path = write_zip(out)
         from train.submission import check_zip

@@ -1,0 +1,127 @@
+"""The challenge's last deliverables (issue 23): report.pdf from train.final, and the ONNX export."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+A4 = (595.28, 841.89)  # points
+
+
+@pytest.fixture(scope="module")
+def final_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 1-epoch train.final of the dw_unet preset at 32 px on the generated faces."""
+    out = tmp_path_factory.mktemp("deliverables") / "final"
+    res = run_cli("train.final", "--preset", "dw_unet", "--data", str(tiny_data), "--size", "32", "--epochs", "1",
+                  "--device", "cpu", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "report.pdf: body font Liberation Sans" in res.stdout or "report.pdf: body font Arial" in res.stdout
+    return out
+
+
+def _body(pdf_path: Path) -> tuple[int, list[tuple[float, float]], Counter, str]:
+    import pdfplumber
+
+    with pdfplumber.open(pdf_path) as pdf:
+        sizes = [(round(p.width, 2), round(p.height, 2)) for p in pdf.pages]
+        chars = [c for p in pdf.pages for c in p.chars if c["text"].strip()]
+        text = "\n".join(p.extract_text() for p in pdf.pages)
+    fonts = Counter((c["fontname"].split("+")[-1], round(c["size"], 1)) for c in chars)
+    return len(sizes), sizes, fonts, text
+
+
+def test_report_pdf_is_a4_five_pages_at_most_in_arial_or_liberation_sans_10pt(final_run):
+    pages, sizes, fonts, text = _body(final_run / "report.pdf")
+    assert 1 <= pages <= 5 and all(s == A4 for s in sizes), sizes
+    (font, size), _ = fonts.most_common(1)[0]  # the body text: most of the characters
+    assert size == 10 and font.replace(" ", "").startswith(("LiberationSans", "Arial")), fonts.most_common(3)
+    assert not font.startswith("LiberationSansNarrow")
+    record = json.loads((final_run / "final.json").read_text())
+    ckpt = torch.load(final_run / "ckpt.pth", weights_only=True)
+    assert f"{record['params']:,} trainable parameters" in text and record["params"] == ckpt["params"]
+    assert f"{record['val_f']:.4f}" in text and "Test-phase F-measure" in text
+    for heading in ("Model", "Loss functions", "Processing steps and training", "How the architecture was found",
+                    "Validation results per class", "Training curve"):
+        assert heading in text
+    assert "Hand-designed" in text and "soft Dice" in text and "32 px x 1 epochs" in text
+
+
+def test_report_pdf_is_rebuilt_from_the_folder_and_refuses_without_a_font(final_run, tmp_path, monkeypatch):
+    before = (final_run / "report.pdf").read_bytes()
+    (final_run / "report.pdf").unlink()
+    res = run_cli("train.report_pdf", str(final_run))
+    assert res.returncode == 0 and (final_run / "report.pdf").exists(), res.stderr
+    assert len((final_run / "report.pdf").read_bytes()) == pytest.approx(len(before), rel=0.05)
+    bad = run_cli("train.report_pdf", str(tmp_path))
+    assert bad.returncode == 2 and "final.json missing" in bad.stderr and "Traceback" not in bad.stderr
+    import train.report_pdf as report_pdf
+
+    with pytest.raises(report_pdf.ReportError, match="apt-get install fonts-liberation"):
+        report_pdf.find_font(dirs=(tmp_path,))
+
+
+def test_export_agrees_with_pytorch_and_reports_latency(final_run, tiny_data, tmp_path):
+    onnx_path = tmp_path / "model.onnx"
+    res = run_cli("train.export", "--weights", str(final_run / "ckpt.pth"), "--out", str(onnx_path), "--data",
+                  str(tiny_data), "--runs", "2", "--threads", "1")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    share = float(res.stdout.split("agreement with PyTorch: ")[1].split("%")[0])
+    assert share >= 99.9 and "input 1x3x32x32" in res.stdout
+    assert "on a 1x3x512x512 tensor (no flip TTA), median of 2 runs, 1 thread(s): PyTorch" in res.stdout
+    # an ONNX file whose weights were changed must fail the same check
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path)
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.ndim == 4:
+            init.CopyFrom(numpy_helper.from_array(rng.permutation(array.ravel()).reshape(array.shape), init.name))
+    bad = tmp_path / "perturbed.onnx"
+    onnx.save(model, bad)
+    res = run_cli("train.export", "--weights", str(final_run / "ckpt.pth"), "--check", str(bad), "--data",
+                  str(tiny_data))
+    assert res.returncode == 1 and "of pixels agree (need 99.9%)" in res.stderr, res.stdout + res.stderr
+
+
+def test_export_refuses_a_checkpoint_holding_code(tmp_path):
+    class Code:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"config": Code(), "state_dict": {}, "size": 32}, tmp_path / "code.pth")
+    res = run_cli("train.export", "--weights", str(tmp_path / "code.pth"), "--out", str(tmp_path / "m.onnx"))
+    assert res.returncode == 2 and "refused: it holds Python objects" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_dynamic_export_is_checked_at_other_sizes_and_refused_when_they_differ(final_run, tiny_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    import train.export as export
+
+    onnx_path = tmp_path / "dynamic.onnx"
+    base = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--dynamic", "--runs", "1",
+            "--threads", "1"]
+    assert export.main([*base, "--out", str(onnx_path)]) == 0
+    assert "input 1x3xHxW (dynamic)" in capsys.readouterr().out and onnx_path.exists()
+    tried = []
+    real = export.agreement
+
+    def differs_elsewhere(model, path, images, size, threads):  # a network whose padding baked in a size
+        tried.append(size)
+        return real(model, path, images, size, threads) if size == 32 else 0.9
+
+    monkeypatch.setattr(export, "agreement", differs_elsewhere)
+    refused = tmp_path / "refused.onnx"
+    assert export.main([*base, "--out", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from PyTorch at 49x49 px (90.00% of pixels agree)" in err and "without --dynamic" in err
+    assert tried == [49] and not refused.exists() and not refused.with_name("refused.onnx.tmp").exists()

@@ -1,0 +1,204 @@
+"""`python -m train.export --weights CKPT --out MODEL.onnx`: the exported network as ONNX, checked against PyTorch
+with onnxruntime, and its latency.
+
+The ONNX input is `image` (1, 3, H, W) float, normalised as `train.infer.normalise` does; the output `logits`
+(1, 19, H, W). By default H = W = the checkpoint's size (what `run.py` resizes every image to); `--dynamic` exports
+a variable height and width, but only after checking that the network gives PyTorch's labels at several other
+sizes too (padding arithmetic and pooling bins may not trace that way): otherwise it refuses, naming the size
+that differs. After exporting, the label maps of a few images (the data folder's val images, else generated faces)
+must agree with PyTorch's on at least 99.9 % of pixels, or the command exits 1 saying how far they differ.
+`--check MODEL.onnx` runs that comparison on an existing file. Needs the optional extra: pip install -e '.[export]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.data import DataError, list_split, resolve_data
+from train.imageops import resize_image
+from train.infer import load_checkpoint, load_rgb, pick_device, to_tensor
+
+AGREE = 0.999  # share of pixels whose argmax label must match PyTorch's
+LATENCY_SIZE = 512  # the task's resolution
+DYNAMIC_CHECK = (1.5, 0.75)  # other sizes tried before a dynamic export is accepted, as multiples of the size
+
+
+class ExportError(ValueError):
+    """The export cannot be made or trusted, with a one-line reason."""
+
+
+def export_onnx(model: torch.nn.Module, size: int, path: Path, dynamic: bool = False) -> None:
+    """Trace `model` (eval mode, CPU) to ONNX at `size` x `size`, or with a dynamic height and width."""
+    x = torch.zeros(1, 3, size, size)
+    shapes = ({2: torch.export.Dim("height", min=32, max=4096), 3: torch.export.Dim("width", min=32, max=4096)},)
+    quiet = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    level, quiet.level = quiet.level, logging.ERROR
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                     dynamic_shapes=shapes if dynamic else None, optimize=True)
+    quiet.level = level
+    program.save(str(path))
+
+
+def onnx_size(path: Path) -> int | None:
+    """The fixed input height of an ONNX file (None when it is dynamic)."""
+    sess = session(path, 1)
+    height = sess.get_inputs()[0].shape[2]
+    return height if isinstance(height, int) else None
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def sample_images(data: Path | None, n: int = 4) -> list[np.ndarray]:
+    """The first `n` val images of the data folder (the synthetic faces where none is given or found)."""
+    root = resolve_data(data)
+    try:
+        pairs = list_split(root, "val")[:n]
+    except DataError:
+        pairs = list_split(root, "test")[:n]
+    return [load_rgb(p.image) for p in pairs]
+
+
+def agreement(model: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int, threads: int) -> float:
+    """Share of pixels whose argmax label from onnxruntime equals PyTorch's, over `images` resized to `size`."""
+    sess = session(onnx_path, threads)
+    same = total = 0
+    for image in images:
+        x = to_tensor(resize_image(image, size)[None], torch.device("cpu"))
+        with torch.no_grad():
+            ours = model(x).argmax(1).numpy()
+        theirs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].argmax(1)
+        same, total = same + int((ours == theirs).sum()), total + ours.size
+    return same / total
+
+
+def latency(model: torch.nn.Module, onnx_path: Path, size: int, threads: int, runs: int = 10) -> dict[str, float]:
+    """Median milliseconds of one forward on a (1, 3, size, size) tensor, PyTorch and onnxruntime, `threads`
+    threads each, after a warm-up run."""
+    x = torch.randn(1, 3, size, size)
+    torch.set_num_threads(threads)
+    sess = session(onnx_path, threads)
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    times: dict[str, list[float]] = {"pytorch_ms": [], "onnxruntime_ms": []}
+    with torch.no_grad():
+        for i in range(runs + 1):
+            for key, run in (("pytorch_ms", lambda: model(x)), ("onnxruntime_ms", lambda: sess.run(None, feed))):
+                t0 = time.perf_counter()
+                run()
+                if i:  # the first run warms up
+                    times[key].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def check_dynamic(model: torch.nn.Module, onnx_path: Path, images: list[np.ndarray], size: int, threads: int) -> None:
+    for factor in DYNAMIC_CHECK:
+        other = max(32, int(round(size * factor)) + 1)  # deliberately not a multiple of the network's stride
+        share = agreement(model, onnx_path, images, other, threads)
+        if share < AGREE:
+            raise ExportError(f"the dynamic export differs from PyTorch at {other}x{other} px ({share:.2%} of pixels "
+                              f"agree): this network does not trace to a variable size; export without --dynamic")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=Path, required=True, help="an exported checkpoint (train.final's ckpt.pth)")
+    p.add_argument("--out", type=Path, default=None, help="the ONNX file to write (default: beside the checkpoint, "
+                                                          "model.onnx)")
+    p.add_argument("--size", type=int, default=None, help="input height and width (default: the checkpoint's size)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="variable input height and width, accepted only if the network agrees with PyTorch at other "
+                        "sizes too")
+    p.add_argument("--check", type=Path, default=None, metavar="MODEL.onnx",
+                   help="do not export: compare this ONNX file with the checkpoint (exit 1 below 99.9 %% agreement)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data folder whose first val images are compared (default data/celebamask-mini, else "
+                        "generated faces)")
+    p.add_argument("--images", type=int, default=4, help="how many images to compare")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="threads for PyTorch and onnxruntime in the latency figures")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per runtime (the median is printed)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"{e.name} is not installed: pip install -e '.[export]'") from None
+    for path, what in ((args.weights, "--weights"), (args.check, "--check")):
+        if path is not None and not path.is_file():
+            raise ExportError(f"{what} {path} does not exist")
+    try:
+        model, trained_size = load_checkpoint(args.weights, pick_device("cpu"))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    size = args.size or (args.check and onnx_size(args.check)) or trained_size
+    if size < 32:
+        raise ExportError(f"--size must be >= 32, got {size}")
+    images = sample_images(args.data, args.images)
+    target = args.check or args.out or args.weights.with_name("model.onnx")
+    if args.check is None:  # written beside the target, moved into place once it is trusted
+        draft = target.with_name(target.name + ".tmp")
+        try:
+            export_onnx(model, size, draft, args.dynamic)
+            if args.dynamic:
+                check_dynamic(model, draft, images, size, args.threads)
+        except BaseException:
+            draft.unlink(missing_ok=True)
+            raise
+        draft.replace(target)
+        print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB; input 1x3x"
+              f"{'HxW (dynamic)' if args.dynamic else f'{size}x{size}'}; the checkpoint was trained at "
+              f"{trained_size} px)")
+    share = agreement(model, target, images, size, args.threads)
+    print(f"agreement with PyTorch: {share:.4%} of pixels over {len(images)} images at {size} px")
+    if share < AGREE:
+        print(f"error: only {share:.4%} of pixels agree (need {AGREE:.1%}): {target} does not compute what the "
+              f"checkpoint does", file=sys.stderr)
+        return 1
+    if args.check is not None:
+        return 0
+    timed = target
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.dynamic and size != LATENCY_SIZE:  # time the task's resolution, with its own fixed-size export
+            timed = Path(tmp) / "latency.onnx"
+            export_onnx(model, LATENCY_SIZE, timed)
+        ms = latency(model, timed, LATENCY_SIZE, args.threads, args.runs)
+    print(f"latency of one forward on a 1x3x{LATENCY_SIZE}x{LATENCY_SIZE} tensor (no flip TTA), median of {args.runs} "
+          f"runs, {args.threads} thread(s): PyTorch {ms['pytorch_ms']:.1f} ms, onnxruntime "
+          f"{ms['onnxruntime_ms']:.1f} ms")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ExportError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
