@@ -37,12 +37,13 @@ from search.records import (
     recorded,
     variant_results,
 )
+from search.rung import train_at
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
-from train.data import DataError, SplitCache, load_split, resolve_data
+from train.data import DataError, SplitCache, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device
-from train.loop import EMA_DECAY, SIGNALS, fit_new, full_fit, proxy_signals
+from train.loop import EMA_DECAY, SIGNALS, full_fit
 from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args
 
 
@@ -131,24 +132,24 @@ def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> N
 
 
 def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
-    """Re-run the proxy of `numbers` under `args.proxy`, as the search's objective trains one (same seed rule)."""
+    """Re-run the proxy of `numbers` under `args.proxy` exactly as the search's second rung trains a promoted
+    trial (search.rung.train_at: same function, same seed rule), so a variant's tau is the rung's; a variant
+    already recorded for a trial is skipped (a re-run resumes)."""
     if threads:
         torch.set_num_threads(threads)
     size, epochs, subset = parse_variant(args.proxy)
     name = variant_name(size, epochs, subset)
     study = load_existing_study(args.storage, args.study)
-    data = data_root(study, args.data)
-    splits = {size: (load_split(data, "train", size=size).head(subset),
-                     load_split(data, "val", size=size, keep_full_masks=True))}
+    splits = SplitCache(data_root(study, args.data), subset=subset)
     device = pick_device(args.device)
     seed = (study.user_attrs.get("proxy") or {}).get("seed", 0)
     for number in numbers:
-        arch, loss_cfg, train_cfg = replay(study.trials[number])
-        t0 = time.perf_counter()
-        _, fitted = fit_new(arch, splits, loss_cfg, train_cfg, seed=seed + number, schedule=(Stage(size, epochs),),
-                            device=device, desc=f"proxy {name} #{number}")
-        found = {**proxy_signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
-        study.set_user_attr(f"{VARIANT_ATTR}:{name}:{number}", found)
+        key = f"{VARIANT_ATTR}:{name}:{number}"
+        if key in study.user_attrs:
+            print(f"{key}: already recorded, skipped", flush=True)
+            continue
+        found = train_at(study.trials[number], splits, f"{size}:{epochs}", seed, device, desc=f"proxy {name} #{number}")
+        study.set_user_attr(key, found)
         print(f"trial #{number}: proxy {name} last F {found['last_f']:.4f} ({found['seconds']:.0f} s)", flush=True)
 
 

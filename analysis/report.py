@@ -25,6 +25,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from analysis.common import complete_trials, rank_correlations  # noqa: E402
 from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
+from search.rung import SETTING_ATTR, RungSetting, rung_records  # noqa: E402
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -193,7 +194,20 @@ def fidelity(study: optuna.Study, out: Path) -> Section | None:
         + (f" (other settings recorded: {html.escape(others)})" if others else "") + ".</p>") + table
 
 
-SECTIONS = (history, importances, size_vs_f, per_class, curves, pruning, fidelity)
+def second_rung(study: optuna.Study, out: Path) -> Section | None:
+    """The promoted trials' proxy F beside their rung-2 F (search.rung), best rung-2 F first."""
+    records = rung_records(study)
+    if not records:
+        return None
+    setting = RungSetting(**study.user_attrs[SETTING_ATTR])
+    rows = "".join(f"<tr><td>#{n}</td><td>{r['proxy_f']:.4f}</td><td>{r['f']:.4f}</td><td>{r['seconds']:.0f}</td></tr>"
+                   for n, r in sorted(records.items(), key=lambda kv: -kv[1]["f"]))
+    return "Second rung", (f"<p>The top {setting.k} complete trials trained again at {html.escape(setting.describe())}"
+                           f"; <code>train.final --study best</code> takes the best rung-2 F.</p><table><tr><th>trial"
+                           f"</th><th>proxy F</th><th>rung-2 F</th><th>seconds</th></tr>{rows}</table>")
+
+
+SECTIONS = (history, importances, size_vs_f, per_class, curves, pruning, second_rung, fidelity)
 STYLE = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}img{max-width:100%}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}")
 

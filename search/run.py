@@ -8,6 +8,7 @@ and a prediction grid (an Optuna artifact) for optuna-dashboard. Re-running the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -22,6 +23,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
+from search.rung import PENDING_ATTR, RungSetting, run_rung, rung_records
 from search.storage import (
     DEFAULT_STORAGE,
     HEARTBEAT_S,
@@ -37,10 +39,10 @@ from space.config import BUDGET
 from space.presets import PRESETS
 from space.sample import check_params, parse_assignments, recipe_params, sample_config
 from train.accel import share_memory
-from train.data import DataError, Split, load_split, resolve_data
+from train.data import DataError, Split, SplitCache, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
 from train.loop import NonFiniteLoss, fit_new, proxy_signals
-from train.schedule import Stage
+from train.schedule import Stage, parse_schedule
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
@@ -65,6 +67,12 @@ class Settings:
     signal: str = "last_f"  # what a complete trial reports: train.loop.proxy_signals' last_f or mean_last2_f
     flops_cap: float = 0.0  # prune trials costing more than this multiple of the costliest preset's FLOPs
     fixed: dict = field(default_factory=dict)  # params held fixed (--fix, --recipe-from); the rest is searched
+    rung_k: int = 0  # trials promoted to the second rung (search.rung); 0 = none
+    rung_schedule: str = "128:4"
+    rung_subset: float = 0.4
+
+    def rung(self) -> RungSetting:
+        return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed)
 
 
 def preset_flops(size: int) -> int:
@@ -263,9 +271,15 @@ def summary(study: optuna.Study, s: Settings) -> str:
     done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
                   key=lambda t: t.value, reverse=True)
     lines = [f"study {s.study!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    rung = rung_records(study)
     if done:
         lines.append("top trials:")
-        lines += ["  " + describe(t) for t in done[:5]]
+        lines += ["  " + describe(t) + (f" rung2_F={rung[t.number]['f']:.4f}" if t.number in rung else "")
+                  for t in done[:5]]
+    if rung:
+        best = max(rung, key=lambda n: rung[n]["f"])
+        lines.append(f"second rung ({len(rung)} trials): best #{best} rung-2 F {rung[best]['f']:.4f} (proxy F "
+                     f"{rung[best]['proxy_f']:.4f}); train.final --study best takes it")
     lines += ["", f"browse:  optuna-dashboard {s.storage} --artifact-dir {s.artifact_dir}",
               "retrain: python -m train.final --study best"
               + ("" if s.storage == DEFAULT_STORAGE else f" --storage {s.storage}")]
@@ -329,6 +343,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="hold the loss and optimiser params (the recipe) at those of a trial of another study "
                         "in the same storage (default its best trial), so that only architectures are searched; "
                         "--fix values win over it")
+    p.add_argument("--rung", type=int, default=None, metavar="K",
+                   help="after the proxy trials, train the top K complete trials again at --rung-size on "
+                        "--rung-subset of train (the second rung); train.final --study best takes the best of them; "
+                        "0 = off (default 3 on CPU, 0 on CUDA)")
+    p.add_argument("--rung-size", default=None, metavar="SIZE:EPOCHS[,...]",
+                   help="the second rung's resolution schedule (default 128:4 on CPU, provisional until measured, "
+                        "docs/results.md)")
+    p.add_argument("--rung-subset", type=float, default=None,
+                   help="share of the training split the second rung trains on (default 0.4 on CPU)")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -376,7 +399,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         subset=args.subset or d["subset"], signal=args.signal or d["signal"], sampler=args.sampler,
         pruner=args.pruner, seed=args.seed,
         device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat,
-        flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap)
+        flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap,
+        rung_k=d["rung_k"] if args.rung is None else args.rung, rung_schedule=args.rung_size or d["rung_schedule"],
+        rung_subset=args.rung_subset or d["rung_subset"])
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -399,6 +424,12 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be > 0, got {args.timeout}")
+    if args.rung is not None and args.rung < 0:
+        raise ValueError(f"--rung must be >= 0 (0 = off), got {args.rung}")
+    if args.rung_subset is not None and not 0 < args.rung_subset <= 1:
+        raise ValueError(f"--rung-subset must be in (0, 1], got {args.rung_subset}")
+    if args.rung_size is not None:
+        parse_schedule(args.rung_size)  # a ScheduleError (ValueError) names what is wrong
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,36 +463,62 @@ def main(argv: list[str] | None = None) -> int:
     if dropped:
         print(f"search: another process enqueued the presets at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
-    t0 = time.time()
+    pending = study.user_attrs.get(PENDING_ATTR)
+    if pending:  # the rule: an unfinished rung is finished first, alone
+        rung = RungSetting(**pending)
+        print(f"search: the last run's second rung did not finish ({rung.describe()}): finishing it now, without "
+              f"proxy trials; run the command again to add trials", flush=True)
+        proxy_s = 0.0
+    else:
+        rung, t0 = s.rung(), time.time()
+        failed = run_proxy_phase(s, args, data)
+        if failed is not None:
+            return failed
+        proxy_s = time.time() - t0
+        print(f"\n{n_finished(open_study(s)) - finished} trials in {proxy_s:.0f} s")
+        if rung.k:
+            study.set_user_attr(PENDING_ATTR, dataclasses.asdict(rung))  # the proxy phase is over: the rung is due
+    if rung.k:
+        print(f"rung 2: the top {rung.k} complete trials at {rung.describe()}", flush=True)
+        try:
+            rung_s = run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device))
+        except KeyboardInterrupt:
+            print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
+                  "the rung (and adds no proxy trials)", file=sys.stderr)
+            return 130
+    study = open_study(s)
+    text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
+        f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")
+    save_dashboard_note(study, s, text)
+    print(text)
+    return 0
+
+
+def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Split]) -> int | None:
+    """The proxy trials, in this process or `--workers` processes; an exit status when they could not finish."""
     ctx = mp.get_context("spawn")
     budget = ctx.Value("i", args.trials)  # exactly --trials trials, whatever the number of workers
     try:
         if args.workers == 1:
             run_worker(s, budget, args.timeout, 0, data)
-        else:
-            del data  # each worker process loads its own copy
-            threads = max(1, (os.cpu_count() or 1) // args.workers)
-            procs = [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers, i))
-                     for i in range(args.workers)]
-            for proc in procs:
-                proc.start()
-            for proc in procs:
-                proc.join()
-            crashed = [proc.exitcode for proc in procs if proc.exitcode]
-            if crashed:
-                print(f"error: {len(crashed)} of {args.workers} workers ended with an exception (traceback "
-                      f"above); finished trials are saved", file=sys.stderr)
-                return 1
+            return None
+        del data  # each worker process loads its own copy
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        procs = [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers, i))
+                 for i in range(args.workers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; re-run the same command to continue", file=sys.stderr)
         return 130
-    study = open_study(s)
-    print(f"\n{n_finished(study) - finished} trials in {time.time() - t0:.0f} s")
-    text = summary(study, s)
-    save_dashboard_note(study, s, text)
-    print(text)
-    return 0
-
+    crashed = [proc.exitcode for proc in procs if proc.exitcode]
+    if crashed:
+        print(f"error: {len(crashed)} of {args.workers} workers ended with an exception (traceback above); "
+              f"finished trials are saved", file=sys.stderr)
+        return 1
+    return None
 
 if __name__ == "__main__":
     sys.exit(main())

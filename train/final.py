@@ -21,6 +21,7 @@ import optuna
 import torch
 
 from search.records import recipe_and_architecture
+from search.rung import SETTING_ATTR, RungSetting, best_by_rung, rung_records
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
 from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig
@@ -45,6 +46,7 @@ class Chosen:
     study: str
     trial: optuna.trial.FrozenTrial
     data: str | None = None  # the data folder the study was searched on (study user attr `data`)
+    decided_by: str = "the proxy"  # what picked the trial: --trial, the proxy, or the second rung
 
 
 def most_recent(storage: optuna.storages.BaseStorage, names: list[str]) -> str:
@@ -74,7 +76,15 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     require_study(storage, study)
     loaded = optuna.load_study(study_name=study, storage=storage)
     data = loaded.user_attrs.get("data")
-    return Chosen(study, pick_trial(loaded, number), data)
+    if number is not None:
+        return Chosen(study, pick_trial(loaded, number), data, "--trial")
+    by_rung = best_by_rung(loaded)
+    if by_rung is None:
+        return Chosen(study, pick_trial(loaded, None), data, "the proxy (best proxy F; no second rung recorded)")
+    trial, record = by_rung
+    setting = RungSetting(**loaded.user_attrs[SETTING_ATTR])
+    return Chosen(study, trial, data, f"the second rung ({setting.describe()}): rung-2 F {record['f']:.4f} of "
+                                      f"{len(rung_records(loaded))} promoted trials")
 
 
 def choose_data(given: Path | None, chosen: Chosen) -> Path:
@@ -102,7 +112,7 @@ def preset_trial(name: str) -> Chosen:
     trial = study.ask()
     sample_config(trial)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no proxy score: it was never trained here
-    return Chosen(f"preset-{name}", study.trials[0])
+    return Chosen(f"preset-{name}", study.trials[0], decided_by="--preset (hand-designed)")
 
 
 def describe_arch(arch: ArchConfig) -> str:
@@ -220,7 +230,9 @@ def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dic
     return {"kind": "study", "study": chosen.study, "trials": len(states),
             "complete": states.count(optuna.trial.TrialState.COMPLETE),
             "pruned": states.count(optuna.trial.TrialState.PRUNED), "proxy": study.user_attrs.get("proxy"),
-            "fixed": study.user_attrs.get("fixed"), "proxy_f": chosen.trial.value, "decided_by": "the proxy",
+            "fixed": study.user_attrs.get("fixed"), "proxy_f": chosen.trial.value, "decided_by": chosen.decided_by,
+            "rung": RungSetting(**study.user_attrs[SETTING_ATTR]).describe() if study.user_attrs.get(SETTING_ATTR)
+            else None,
             "recipe_vs_architecture": [list(row) for row in recipe_and_architecture(study)]}
 
 
@@ -311,9 +323,6 @@ def run(args: argparse.Namespace) -> Path:
     size, epochs = schedule[-1].size, total_epochs(schedule)  # the model predicts at the last stage's size
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
-    if device.type != "cuda" and args.size is None:
-        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
-              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     if args.out is not None:
         _check_writable(args.out)
     storage = None
@@ -322,6 +331,10 @@ def run(args: argparse.Namespace) -> Path:
     else:
         storage = open_storage(args.storage, heartbeat=None, must_exist=True)
         chosen = choose_trial(storage, args.study, args.trial)
+    print(f"final: study {chosen.study!r} trial {chosen.trial.number}, chosen by {chosen.decided_by}", flush=True)
+    if device.type != "cuda" and args.size is None:
+        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
+              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     arch, loss_cfg, train_cfg = replay(chosen.trial, parse_assignments(args.set, "--set"))
     train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
@@ -336,9 +349,8 @@ def run(args: argparse.Namespace) -> Path:
         state = check_resume(last, identity)
     for stage in schedule:
         splits[stage.size]  # decode and validate every stage's data before training starts
-    print(f"final: study {chosen.study!r} trial {chosen.trial.number} (proxy F {chosen.trial.value}), "
-          f"{count_params(arch):,} params, {describe_schedule(schedule)} on {device} (seed {args.seed}); "
-          f"data {data}; output {out}", flush=True)
+    print(f"training: trial {chosen.trial.number} (proxy F {chosen.trial.value}), {count_params(arch):,} params, "
+          f"{describe_schedule(schedule)} on {device} (seed {args.seed}); data {data}; output {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
         print(f"resuming from {last} at epoch {state['epoch']}/{epochs}", flush=True)
