@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -42,9 +43,17 @@ from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
 from train.data import DataError, SplitCache, resolve_data
-from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device
+from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device, safe_load
 from train.loop import EMA_DECAY, SIGNALS, full_fit
-from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args
+from train.schedule import (
+    ScheduleError,
+    Stage,
+    describe_schedule,
+    format_schedule,
+    parse_schedule,
+    schedule_from_args,
+    total_epochs,
+)
 
 
 class FidelityError(ValueError):
@@ -129,6 +138,29 @@ def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> N
         study.set_user_attr(key, {"f": fitted.final_f, "seconds": seconds, "per_class_f": fitted.per_class_f,
                                   **dataclasses.asdict(setting)})
         print(f"{said} full F {fitted.final_f:.4f} at {setting.describe()} ({seconds:.0f} s)", flush=True)
+
+
+def record_final(study: optuna.Study, number: int, folder: Path) -> str:
+    """Record a finished `train.final --trial N` (or `--preset` with the trial's params) run as trial N's full F:
+    the same function at the same setting, so retraining it here would repeat it. Its checkpoint must hold the
+    trial's replayed configs and train only on train; the record says where it came from."""
+    last, summary = folder / "last.pth", folder / "final.json"
+    if not last.is_file() or not summary.is_file():
+        raise FidelityError(f"{folder}: not a finished train.final output folder (last.pth and final.json expected)")
+    saved, result = safe_load(last), json.loads(summary.read_text())
+    arch, loss_cfg, train_cfg = replay(study.trials[number])
+    train_cfg = dataclasses.replace(train_cfg, ema=result.get("ema", saved["train"]["ema"]))
+    expected = {"config": arch.to_dict(), "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict(),
+                "include_val": False}
+    differs = [k for k, v in expected.items() if saved.get(k) != v]
+    if differs or saved["epoch"] < total_epochs(parse_schedule(saved["schedule"])):
+        raise FidelityError(f"{folder} is not a finished run of trial #{number}'s configs on train only (differs "
+                            f"in {', '.join(differs) or 'epochs: unfinished'})")
+    setting = FullSetting(saved["schedule"], saved["seed"], train_cfg.ema, saved["data"])
+    key = record_key(ATTR, number, setting)
+    study.set_user_attr(key, {"f": result["val_f"], "seconds": result.get("fit_seconds"),
+                              "source": f"train.final {folder}", **dataclasses.asdict(setting)})
+    return f"trial #{number}: full F {result['val_f']:.4f} at {setting.describe()} recorded from {folder}"
 
 
 def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> None:
@@ -235,6 +267,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hand-recipe", action="append", default=[], choices=sorted(PRESETS), metavar="PRESET",
                    help="instead of retraining trials: retrain this preset at its own hand recipe (repeatable), "
                         "the baseline of the report's recipe-vs-architecture table")
+    p.add_argument("--from-final", type=Path, default=None, metavar="OUT",
+                   help="instead of retraining: record a finished train.final run (its output folder) of --trial N "
+                        "as that trial's full F, after checking it trained the trial's own configs on train only")
+    p.add_argument("--trial", type=int, default=None, help="the trial --from-final ran")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (the cores are split between them)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
     p.add_argument("--data", type=Path, default=None, help="dataset root (default: the study's own data folder)")
@@ -257,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             print(f"full fidelity: {setting.describe()} on {setting.data}")
             print(table(study, setting))
+            return 0
+        if args.from_final:
+            if args.trial is None:
+                raise FidelityError("--from-final needs --trial N (the trial the run replayed)")
+            print(record_final(study, args.trial, args.from_final))
             return 0
         if args.hand_recipe:
             failed = run_parallel(retrain, args, args.hand_recipe)

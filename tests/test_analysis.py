@@ -260,3 +260,21 @@ def test_report_tells_what_the_recipe_and_the_architecture_buy(tmp_path):
     assert [g for _, _, g in rows] == ["", "recipe: +0.0500", "architecture: +0.0100"]
     page = write_report(study, tmp_path / "rep", progress=False).read_text()
     assert "What the recipe buys and what the architecture buys" in page and "architecture: +0.0100" in page
+
+
+def test_a_train_final_run_of_the_trial_is_recorded_as_its_full_f_and_another_trials_is_refused(tmp_path, tiny_data):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _fidelity_study(storage, tiny_data)
+    out = tmp_path / "final1"
+    res = run_cli("train.final", "--study", "f", "--storage", storage, "--trial", "1", "--size", "32", "--epochs", "1",
+                  "--device", "cpu", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    f = json.loads((out / "final.json").read_text())["val_f"]
+    res = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "1")
+    assert res.returncode == 0 and f"trial #1: full F {f:.4f} at 32:1 seed 0 EMA 0.99 recorded from" in res.stdout
+    records = [(item, s, v) for item, s, v in full_records(optuna.load_study(study_name="f", storage=storage))]
+    assert [(item, s.schedule, s.data, v["f"]) for item, s, v in records] == [("1", "32:1", str(tiny_data.resolve()),
+                                                                               f)]
+    assert records[0][2]["source"] == f"train.final {out}"
+    wrong = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "0")
+    assert wrong.returncode == 2 and "is not a finished run of trial #0's configs" in wrong.stderr
