@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory()
     if args.smoke:  # tiny: 64-px faces, 32-px proxies of one epoch, a 1-epoch final at 32 px
         data = write_dataset(Path(tmp.name) / "faces", {"train": 12, "val": 4, "test": 2}, size=64, seed=0)
-        sizes, search = [32], ["--proxy-size", "32", "--proxy-epochs", "1", "--trials", "3", "--device", "cpu"]
+        sizes, search = [32], ["--proxy-size", "32", "--proxy-epochs", "1", "--trials", "3", "--device", "cpu",
+                               "--rung", "0"]  # the GPU tier's default: no rung (not measured there)
         final = ["--size", "32", "--epochs", "1", "--device", "cpu", "--compile" if args.compile else "--no-compile"]
         workers, n_images = 2, 8
     else:

@@ -29,7 +29,7 @@ def searched(tiny_data, tmp_path_factory) -> tuple[Path, str]:
     storage = f"sqlite:///{work / 's.db'}"
     res = run_cli("search.run", "--trials", "2", "--data", str(tiny_data), "--storage", storage, "--study", "t",
                   "--artifact-dir", str(work / "art"), "--proxy-size", "32", "--proxy-epochs", "1",
-                  "--pruner", "none", "--device", "cpu", cwd=work)
+                  "--pruner", "none", "--device", "cpu", "--rung", "0", cwd=work)
     assert res.returncode == 0, res.stderr[-2000:]
     return work, storage
 

@@ -18,7 +18,7 @@ from space.sample import sample_config
 def _args(data, storage, art, trials, *extra):
     return ["search.run", "--trials", str(trials), "--data", str(data), "--storage", storage, "--study", "t",
             "--artifact-dir", str(art), "--proxy-size", "32", "--proxy-epochs", "1", "--subset", "1",
-            "--pruner", "none", "--device", "cpu", *extra]
+            "--pruner", "none", "--device", "cpu", "--rung", "0", *extra]
 
 
 def _load(storage: str) -> optuna.Study:

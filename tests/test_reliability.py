@@ -33,7 +33,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 def search_cmd(data: Path, storage: str, study: str, trials: int, art: Path) -> list[str]:
     return [sys.executable, "-m", "search.run", "--trials", str(trials), "--data", str(data), "--storage", storage,
             "--study", study, "--artifact-dir", str(art), "--proxy-size", "48", "--proxy-epochs", "5",
-            "--subset", "1", "--pruner", "none", "--heartbeat", "1", "--device", "cpu"]
+            "--subset", "1", "--pruner", "none", "--heartbeat", "1", "--device", "cpu", "--rung", "0"]
 
 
 def load(storage: str, study: str) -> optuna.Study:

@@ -15,10 +15,11 @@ from space.config import BUDGET
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def search_args(data: Path, storage: str, art: Path, trials: int, *extra: str) -> list[str]:
+def search_args(data: Path, storage: str, art: Path, trials: int, *extra: str, rung: bool = False) -> list[str]:
+    """A small search on the CPU; the second rung only when a test asks (tests/test_rung.py tests it)."""
     return ["search.run", "--trials", str(trials), "--data", str(data), "--storage", storage, "--study", "t",
             "--artifact-dir", str(art), "--proxy-size", "64", "--proxy-epochs", "2", "--subset", "1",
-            "--device", "cpu", *extra]
+            "--device", "cpu", *([] if rung else ["--rung", "0"]), *extra]
 
 
 def budget(trials: int):
@@ -34,8 +35,10 @@ def load(storage: str) -> optuna.Study:
 
 def test_three_trial_search_then_resume(tiny_data, tmp_path):
     storage, art = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "art"
-    res = run_cli(*search_args(tiny_data, storage, art, 3), cwd=tmp_path)
+    res = run_cli(*search_args(tiny_data, storage, art, 3, rung=True), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    # the CPU default runs the second rung on the best three
+    assert "rung 2: the top 3 complete trials at 128 px x 4 epochs on 40% of train" in res.stdout
     study = load(storage)
     assert len(study.trials) == 3 and all(t.state in FINISHED for t in study.trials)
     assert all(t.user_attrs["params"] < BUDGET for t in study.trials)
