@@ -24,3 +24,17 @@ def test_gpu_tier_smoke_runs_the_whole_path_on_the_cpu(tmp_path):
 def test_gpu_tier_refuses_to_run_without_a_gpu(tmp_path):
     res = run_cli("bench.gpu_tier", "--data", str(tmp_path), cwd=tmp_path)
     assert res.returncode == 2 and "needs a CUDA device" in res.stderr
+
+
+def test_schedule_benchmark_prices_each_schedule(tiny_data):
+    from bench.schedule import scorings
+    from train.schedule import parse_schedule
+
+    # full_fit scores every epochs // 10 epochs and at the end of each stage
+    assert scorings(parse_schedule("128:24,256:12")) == {128: 8, 256: 4}  # every 3rd epoch
+    assert scorings(parse_schedule("256:20")) == {256: 10}
+    res = run_cli("bench.schedule", "--data", str(tiny_data), "--schedules", "32:2", "32:1,48:1", "--set",
+                  "batch_size=8")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "32 px: decode" in res.stdout and "48 px: decode" in res.stdout
+    assert "32:1,48:1:" in res.stdout and "min predicted (2 epochs, 2 scorings)" in res.stdout
