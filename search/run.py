@@ -520,5 +520,6 @@ def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Sp
         return 1
     return None
 
+
 if __name__ == "__main__":
     sys.exit(main())
