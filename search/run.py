@@ -375,10 +375,11 @@ def fixed_params(args: argparse.Namespace, storage: optuna.storages.BaseStorage)
 
 def check_resumable(study: optuna.Study, s: Settings) -> None:
     """A study's F values are comparable only under one proxy and one set of fixed params: refuse to mix."""
-    if not study.trials:
-        return
+    recorded = study.user_attrs.get("proxy")
+    if recorded is None and not any(t.state.is_finished() for t in study.trials):
+        return  # a new study: nothing trained yet (another process started together may still be writing settings)
     # studies from before --signal reported the last F
-    proxy = {"signal": "last_f", **(study.user_attrs.get("proxy") or {})}
+    proxy = {"signal": "last_f", **(recorded or {})}
     now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal}
     changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
     if study.user_attrs.get("fixed", {}) != s.fixed:
@@ -449,11 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
-    dropped = enqueue_presets(study, storage, s.fixed)
+    # the settings before the presets: a process started together that sees trials sees what they were run under
     study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
                                   "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed})
     study.set_user_attr("fixed", s.fixed)
+    dropped = enqueue_presets(study, storage, s.fixed)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
           f"device {s.device}; "

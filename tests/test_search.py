@@ -265,3 +265,22 @@ def test_pick_trial_number_or_best_complete():
     empty = optuna.create_study(study_name="e")
     with pytest.raises(StorageError, match="no complete trial in study 'e'"):
         pick_trial(empty, None)
+
+
+def test_a_study_another_process_is_still_setting_up_is_not_refused(tmp_path):
+    """Workers started together: one creates the study and enqueues the presets, a second opens it before the
+    first has written its settings (the CI failure of test_one_of_three_postgres_workers_killed_then_resumed: the
+    second read the missing settings as a legacy study's, signal last_f, and exited 2). A study with finished
+    trials and no settings is a legacy one and is still checked."""
+    s = run_mod.Settings(data=tmp_path, study="t", storage="mem", artifact_dir=tmp_path, proxy_size=64,
+                         proxy_epochs=4, subset=0.4, sampler="tpe", pruner="none", seed=0, device="cpu",
+                         loader_workers=0, signal="mean_last2_f", fixed={"batch_size": 8})
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"batch_size": 8})
+    run_mod.check_resumable(study, s)  # only WAITING trials, no settings yet: nothing to compare
+    study.tell(study.ask(), 0.5)
+    with pytest.raises(ValueError, match="signal last_f -> mean_last2_f"):
+        run_mod.check_resumable(study, s)
+    study.set_user_attr("proxy", {"size": 64, "epochs": 4, "subset": 0.4, "signal": "mean_last2_f"})
+    study.set_user_attr("fixed", {"batch_size": 8})
+    run_mod.check_resumable(study, s)
