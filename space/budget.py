@@ -60,9 +60,16 @@ def _detail(width: int, **_: object) -> int:
     return _conv_bn(3, half) + _conv_bn(half, width) + _conv_bn(width, width)
 
 
-def _decoder(cin: int, skip_chs: tuple[int, ...], skip_width: int, cout: int, depth: int, **_: object) -> int:
+def _cbam(ch: int) -> int:
+    red = max(8, ch // 8)  # as DecoderStep builds it
+    return ch * red + red + red * ch + ch + 2 * 7 * 7 + 1
+
+
+def _decoder(cin: int, skip_chs: tuple[int, ...], skip_width: int, cout: int, depth: int, attention: bool = False,
+             **_: object) -> int:
     chs = [cin + skip_width * len(skip_chs)] + [cout] * depth
-    return sum(_conv_bn(c, skip_width, 1) for c in skip_chs) + sum(_sep(a, b) for a, b in zip(chs[:-1], chs[1:]))
+    return (sum(_conv_bn(c, skip_width, 1) for c in skip_chs) + sum(_sep(a, b) for a, b in zip(chs[:-1], chs[1:]))
+            + (_cbam(cout) if attention else 0))
 
 
 def _head(in_channels: int, out_channels: int, kernel_size: int) -> int:

@@ -54,6 +54,7 @@ class ArchConfig:
     detail_width: int = 0  # BiSeNet-style detail path to 1/8 (0 = none)
     decoder_width: int = 64
     decoder_depth: int = 1
+    decoder_cbam: bool = False  # CBAM attention (channel, then spatial) after each decoder step
     activation: str = "relu"
     aux_head: bool = False  # training only; dropped at export
 
@@ -97,6 +98,15 @@ class ArchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def normalised(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A saved config dict with the fields added since filled in with their defaults (what the network was
+        built with), so that checkpoints of older code compare equal to the same network's config today."""
+        try:
+            return cls.from_dict(d).to_dict()
+        except (TypeError, ValueError):
+            return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArchConfig:

@@ -1,6 +1,6 @@
 """The face-parsing network family: an encoder of residual / inverted-residual / depthwise-separable stages
 (dilated past the output stride), an optional BiSeNet-style detail path, a context module (ASPP, pyramid
-pooling, or none) and a skip decoder at 1/8 and/or 1/4.
+pooling, or none) and a skip decoder at 1/8 and/or 1/4 (and 1/2), each step optionally followed by CBAM attention.
 
 `layout(cfg)` lists every part as (module class, constructor arguments); the model is built from that list and
 `space.budget` counts parameters from the same list, so the two cannot disagree.
@@ -113,6 +113,20 @@ class DSBlock(nn.Module):
 BLOCK_CLASSES = {"res": ResidualBlock, "ir": InvertedResidual, "ds": DSBlock}
 
 
+class CBAM(nn.Module):
+    """Convolutional block attention (Woo et al., 2018): a channel gate from the average- and max-pooled features
+    through one shared bottleneck, then a spatial gate from the channel mean and max through a 7x7 conv."""
+
+    def __init__(self, ch: int, reduced: int, kernel: int = 7):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv2d(ch, reduced, 1), nn.ReLU(inplace=True), nn.Conv2d(reduced, ch, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+        return x * torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+
+
 class SeparableConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, dilation: int = 1, act: str = "relu"):
         super().__init__(ConvBNAct(cin, cin, 3, 1, dilation, groups=cin, act=act), ConvBNAct(cin, cout, 1, act=act))
@@ -173,13 +187,16 @@ class DetailPath(nn.Sequential):
 
 
 class DecoderStep(nn.Module):
-    """Upsample to the skips' resolution, concatenate 1x1-projected skips, refine with separable convs."""
+    """Upsample to the skips' resolution, concatenate 1x1-projected skips, refine with separable convs, and
+    optionally weigh the result with CBAM attention."""
 
-    def __init__(self, cin: int, skip_chs: tuple[int, ...], skip_width: int, cout: int, depth: int, act: str):
+    def __init__(self, cin: int, skip_chs: tuple[int, ...], skip_width: int, cout: int, depth: int, act: str,
+                 attention: bool = False):
         super().__init__()
         self.projs = nn.ModuleList(ConvBNAct(c, skip_width, 1, act=act) for c in skip_chs)
         chs = [cin + skip_width * len(skip_chs)] + [cout] * depth
-        self.refine = nn.Sequential(*(SeparableConv(a, b, 1, act) for a, b in zip(chs[:-1], chs[1:])))
+        layers = [SeparableConv(a, b, 1, act) for a, b in zip(chs[:-1], chs[1:])]
+        self.refine = nn.Sequential(*layers, *([CBAM(cout, max(8, cout // 8))] if attention else []))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         if skips:
@@ -261,12 +278,13 @@ def layout(cfg: ArchConfig, num_classes: int = NUM_CLASSES) -> Layout:
     decoder, cin = [], cfg.context_width
     for chs in skip_chs:
         decoder.append(part(DecoderStep, cin=cin, skip_chs=tuple(chs), skip_width=cfg.skip_width,
-                            cout=cfg.decoder_width, depth=cfg.decoder_depth, act=act))
+                            cout=cfg.decoder_width, depth=cfg.decoder_depth, act=act, attention=cfg.decoder_cbam))
         cin = cfg.decoder_width
     if cfg.skip2:  # one light step at 1/2 on the stem's features: half the widths, one refinement
         fine = make_divisible(cfg.decoder_width / 2)
         decoder.append(part(DecoderStep, cin=cin, skip_chs=(cfg.stem_width,),
-                            skip_width=make_divisible(cfg.skip_width / 2), cout=fine, depth=1, act=act))
+                            skip_width=make_divisible(cfg.skip_width / 2), cout=fine, depth=1, act=act,
+                            attention=cfg.decoder_cbam))
         steps.append(["stem"])
         cin = fine
     head = part(nn.Conv2d, in_channels=cin, out_channels=num_classes, kernel_size=1)

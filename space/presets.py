@@ -26,15 +26,16 @@ PRESETS: dict[str, dict] = {
         **_stages(("ir", 1, 4, 3, False), ("ir", 2, 4, 3, False), ("ir", 3, 4, 3, True), ("ir", 3, 4, 3, True)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 2, "context": "aspp", "aspp_rates": "2-4-6",
         "stem_width": 16, "context_width": 128, "skip4": True, "skip8": False, "skip2": False, "skip_width": 32,
-        "detail_width": 0, "decoder_width": 64, "decoder_depth": 2, "activation": "relu", "aux_head": False,
-        "budget_fraction": 0.95, **_RECIPE,
+        "detail_width": 0, "decoder_width": 64, "decoder_depth": 2, "decoder_cbam": False, "activation": "relu",
+        "aux_head": False, "budget_fraction": 0.95, **_RECIPE,
     },
     # BiSeNet-style: a shallow detail path to 1/8 beside a deep context path with pyramid pooling.
     "bisenet_style": {
         **_stages(("ds", 1, 4, 3, False), ("ir", 2, 4, 3, False), ("ir", 4, 4, 3, False), ("ir", 2, 6, 3, True)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 1, "context": "ppm",
         "stem_width": 16, "context_width": 128, "skip4": False, "skip8": False, "skip2": False, "skip_width": 32,
-        "detail_width": 64, "decoder_width": 96, "decoder_depth": 1, "activation": "relu", "aux_head": True,
+        "detail_width": 64, "decoder_width": 96, "decoder_depth": 1, "decoder_cbam": False, "activation": "relu",
+        "aux_head": True,
         "budget_fraction": 0.95, **_RECIPE,
     },
     # Depthwise-separable U-Net: five stages, skips at 1/8 and 1/4, two-conv decoder steps, no context module.
@@ -43,7 +44,8 @@ PRESETS: dict[str, dict] = {
                   ("ds", 3, 4, 3, False)),
         "width_growth": 2.0, "output_stride": 16, "dilation_32": 2, "context": "none",
         "stem_width": 16, "context_width": 64, "skip4": True, "skip8": True, "skip2": False, "skip_width": 16,
-        "detail_width": 0, "decoder_width": 32, "decoder_depth": 2, "activation": "relu", "aux_head": False,
+        "detail_width": 0, "decoder_width": 32, "decoder_depth": 2, "decoder_cbam": False, "activation": "relu",
+        "aux_head": False,
         "budget_fraction": 0.95, **_RECIPE,
     },
 }

@@ -23,6 +23,9 @@ ASPP_RATES = ("1-2-3", "2-4-6", "3-6-9", "4-8-12", "6-12-18")
 BASE_WIDTH = 16
 MULT_RANGE = (0.05, 12.0)
 BISECT_STEPS = 18
+# Parameters added to the space after studies were stored, with the value every earlier trial was trained
+# with: replay fills them in for a trial whose params lack them (its network is the same as before)
+ADDED_PARAMS = {"decoder_cbam": False}
 PROBE_TRIALS = 64  # random samples that find every parameter of the (conditional) space; a test checks it
 
 
@@ -67,6 +70,7 @@ def _shape(trial: optuna.trial.BaseTrial) -> dict:
         detail_width=trial.suggest_categorical("detail_width", [0, 32, 64]),
         decoder_width=trial.suggest_categorical("decoder_width", [32, 48, 64, 96]),
         decoder_depth=trial.suggest_int("decoder_depth", 1, 2),
+        decoder_cbam=trial.suggest_categorical("decoder_cbam", [False, True]),
         activation=trial.suggest_categorical("activation", ["relu", "hardswish", "silu"]),
         aux_head=trial.suggest_categorical("aux_head", [False, True]),
     )
@@ -83,7 +87,7 @@ def realise(shape: dict, mult: float) -> ArchConfig:
         context_rates=shape["context_rates"], skip4=shape["skip4"], skip8=shape["skip8"], skip2=shape["skip2"],
         skip_width=w(shape["skip_width"]), detail_width=w(shape["detail_width"]) if shape["detail_width"] else 0,
         decoder_width=w(shape["decoder_width"]), decoder_depth=shape["decoder_depth"],
-        activation=shape["activation"], aux_head=shape["aux_head"])
+        decoder_cbam=shape["decoder_cbam"], activation=shape["activation"], aux_head=shape["aux_head"])
 
 
 def fit_width(shape: dict, target: int) -> tuple[ArchConfig, float]:
@@ -224,7 +228,8 @@ def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
            ) -> tuple[ArchConfig, LossConfig, TrainConfig]:
     """The trial's (architecture, loss, recipe), rebuilt from its params with `FixedTrial`, so that search and
     retraining cannot drift apart; `overrides` (`--set`) replace some params, checked against the space."""
-    fixed = optuna.trial.FixedTrial(trial.params)
+    params = {**ADDED_PARAMS, **trial.params}
+    fixed = optuna.trial.FixedTrial(params)
     arch, loss_cfg, train_cfg = sample_config(fixed)
     stored = trial.user_attrs.get("params")
     if stored is not None and stored != fixed.user_attrs["params"]:
@@ -232,7 +237,7 @@ def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None
                          f"recorded {stored}: the search space changed since the search")
     if not overrides:
         return arch, loss_cfg, train_cfg
-    fixed = optuna.trial.FixedTrial({**trial.params, **overrides})
+    fixed = optuna.trial.FixedTrial({**params, **overrides})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # FixedTrial only warns about values outside the space

@@ -18,6 +18,7 @@ from conftest import REPO, StopAtFit, capture_initial_weights, run_cli
 from PIL import Image
 
 from space.config import BUDGET
+from space.presets import PRESETS
 from train.loop import WeightEMA
 from train.submission import check_zip
 
@@ -327,3 +328,19 @@ def test_final_refuses_to_resume_a_run_of_other_inputs(finished_preset_run, tiny
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is a checkpoint of another run" in err and named in err, err
     assert (out / "last.pth").stat().st_mtime_ns == before  # nothing was trained or written over it
+
+
+def test_a_checkpoint_saved_before_decoder_cbam_existed_still_resumes(tmp_path):
+    """last.pth of a run started by older code has no decoder_cbam in its config; the network is the same, so
+    the run resumes; a config that really differs is still refused."""
+    from space.sample import sample_config
+    from train.final import FinalError, check_resume
+
+    arch, _, _ = sample_config(optuna.trial.FixedTrial(PRESETS["dw_unet"]))
+    identity = {"config": arch.to_dict(), "schedule": "32:1", "seed": 0, "data": "/d", "include_val": False}
+    old = {**identity, "config": {k: v for k, v in arch.to_dict().items() if k != "decoder_cbam"}, "epoch": 1}
+    torch.save(old, tmp_path / "last.pth")
+    assert check_resume(tmp_path / "last.pth", identity)["epoch"] == 1
+    other = {**identity, "config": {**arch.to_dict(), "decoder_cbam": True}}
+    with pytest.raises(FinalError, match="differs in config"):
+        check_resume(tmp_path / "last.pth", other)

@@ -104,3 +104,42 @@ def test_the_probe_finds_every_parameter_and_range_of_the_space():
         sample_config(trial)
         for name, dist in trial.distributions.items():
             assert name in probe and dist in probe[name], (name, dist)
+
+
+def test_decoder_cbam_follows_every_decoder_step_and_is_counted_exactly():
+    """The space extension of issue 22: CBAM (channel, then spatial attention) after each decoder step."""
+    from space.network import CBAM
+
+    for name in sorted(PRESETS):
+        plain, _, _ = sample_config(optuna.trial.FixedTrial(PRESETS[name]))
+        arch, _, _ = sample_config(optuna.trial.FixedTrial(dict(PRESETS[name], decoder_cbam=True, skip2=True)))
+        model = build_model(arch).eval()
+        steps = len(model.decoder)
+        gates = [m for m in model.modules() if isinstance(m, CBAM)]
+        assert arch.decoder_cbam and len(gates) == steps >= 2
+        assert not any(isinstance(m, CBAM) for m in build_model(plain).modules())
+        assert count_params(arch) == count_params_built(arch) == exported_params(arch) < BUDGET
+        seen: list[torch.Tensor] = []
+        gates[-1].spatial.register_forward_hook(lambda m, i, o, seen=seen: seen.append(torch.sigmoid(o)))
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+        assert seen[0].shape == (1, 1, 32, 32) and 0 < seen[0].min() <= seen[0].max() < 1  # a map at 1/2
+
+
+def test_trials_stored_before_a_parameter_was_added_replay_to_the_same_network():
+    """docs/studies/arch-r85.journal predates decoder_cbam: its trials replay (to the parameter count the study
+    recorded, or `replay` raises) without it, and a checkpoint config saved then compares equal to today's."""
+    from pathlib import Path
+
+    from search.storage import open_storage
+    from space.sample import replay
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "studies" / "arch-r85.journal"
+    study = optuna.load_study(study_name="arch-tpe", storage=open_storage(str(path), heartbeat=None))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 8 and all("decoder_cbam" not in t.params for t in done)
+    for t in done:
+        arch, _, _ = replay(t)
+        assert not arch.decoder_cbam and count_params(arch) == t.user_attrs["params"]
+        old = {k: v for k, v in arch.to_dict().items() if k != "decoder_cbam"}
+        assert ArchConfig.normalised(old) == arch.to_dict() != old

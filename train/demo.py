@@ -52,7 +52,8 @@ def load(path: Path, device: torch.device) -> Loaded:
     stages = ", ".join(f"{s.depth}x{s.block} w{s.width}" for s in arch.stages)
     skips = "+".join(n for n, on in (("1/8", arch.skip8), ("1/4", arch.skip4), ("1/2", arch.skip2)) if on)
     summary = (f"stages {stages}; output stride {arch.output_stride}; context {arch.context}; skips "
-               f"{skips or 'none'}; decoder w{arch.decoder_width}; {arch.activation}")
+               f"{skips or 'none'}; decoder w{arch.decoder_width}{' + CBAM' if arch.decoder_cbam else ''}; "
+               f"{arch.activation}")
     return Loaded(f"{path.parent.name}/{path.name}", model, size, params, summary)
 
 

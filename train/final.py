@@ -124,6 +124,7 @@ def describe_arch(arch: ArchConfig) -> str:
     return (f"stem w{arch.stem_width}; stages: {stages}; output stride {arch.output_stride} "
             f"(dilations {'/'.join(map(str, arch.dilations))}); context: {ctx}, width {arch.context_width}; "
             f"decoder skips {skips}, width {arch.decoder_width}, depth {arch.decoder_depth}"
+            f"{', CBAM after each step' if arch.decoder_cbam else ''}"
             f"{'; detail path w' + str(arch.detail_width) if arch.detail_width else ''}; {arch.activation}"
             f"{'; auxiliary head in training (not exported)' if arch.aux_head else ''}")
 
@@ -306,6 +307,8 @@ def check_resume(last: Path, identity: dict) -> dict:
         saved = safe_load(last)
     except ValueError as e:
         raise FinalError(f"{e}; use another --out or delete it") from None
+    if isinstance(saved.get("config"), dict):
+        saved["config"] = ArchConfig.normalised(saved["config"])
     shown = ("schedule", "seed", "data", "include_val")
     mismatched = [f"{k} ({saved.get(k)!r} -> {identity[k]!r})" if k in shown else k
                   for k in identity if saved.get(k) != identity[k]]

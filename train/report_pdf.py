@@ -142,6 +142,7 @@ def _sections(rec: dict) -> list[tuple[str, list]]:
             f"Output stride {arch['output_stride']}; context module: {context}, width {arch['context_width']}. "
             f"Decoder: {arch['decoder_depth']} conv(s) per step, width {arch['decoder_width']}, skips from "
             f"{skips or 'none'} (skip width {arch['skip_width']})"
+            f"{', CBAM attention (channel, then spatial) after each step' if arch.get('decoder_cbam') else ''}"
             f"{'; a detail path to 1/8 of width ' + str(arch['detail_width']) if arch['detail_width'] else ''}. "
             f"Activation {arch['activation']}; logits are upsampled bilinearly to the input size."]),
         ("Loss functions", ["; ".join(terms) + "."]),
