@@ -278,3 +278,49 @@ def test_a_train_final_run_of_the_trial_is_recorded_as_its_full_f_and_another_tr
     assert records[0][2]["source"] == f"train.final {out}"
     wrong = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "0")
     assert wrong.returncode == 2 and "is not a finished run of trial #0's configs" in wrong.stderr
+
+
+def test_compare_scores_a_run_without_per_class_figures_as_prediction_and_the_metric_do(final_run, tiny_data,
+                                                                                      tmp_path):
+    """analysis.compare: a run whose final.json predates the per-class figures is scored again from its
+    checkpoint; the figures equal those of its masks written by train.predict (no flip TTA) and scored by
+    train.metric. The checkpoint's weights are perturbed so that it predicts many classes (a 1-epoch run predicts
+    one class everywhere, which any scoring path gets right)."""
+    import json
+    import shutil
+
+    from train.metric import score_folders
+
+    old = tmp_path / "old"
+    shutil.copytree(final_run, old)
+    record = json.loads((old / "final.json").read_text())
+    del record["per_class"]
+    (old / "final.json").write_text(json.dumps(record))
+    ckpt = torch.load(old / "ckpt.pth", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for name, t in ckpt["state_dict"].items():
+        if t.dim() == 4:
+            t += torch.randn(t.shape, generator=gen) * t.std() * 3
+        elif name == "head.bias":
+            t.zero_()
+    torch.save(ckpt, old / "ckpt.pth")
+    res = run_cli("analysis.compare", "--runs", f"new={final_run}", "--runs", f"old={old}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in res.stdout.splitlines()[2:]}
+    pred = run_cli("train.predict", "--weights", str(old / "ckpt.pth"), "--input", str(tiny_data / "val" / "images"),
+                   "--output", str(tmp_path / "pred"), "--no-flip-tta", "--device", "cpu")
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    scorer = score_folders(tiny_data / "val" / "masks", tmp_path / "pred")
+    assert rows["**val F**"][2] == f"{scorer.f_measure:.4f}"
+    expected = ["-" if not n else f"{f:.4f}" for f, n in zip(scorer.per_class_image_f(), scorer.class_count)]
+    got = [rows[k][2] for k in rows if k[0].isdigit()]
+    assert got == expected and any(v not in ("-", "0.0000") for v in got), (got, expected)
+    labels = set().union(*(np.unique(np.asarray(Image.open(p))) for p in (tmp_path / "pred").glob("*.png")))
+    assert len(labels) >= 4, labels  # the perturbed network predicts many classes
+    written = json.loads((final_run / "final.json").read_text())  # a run with per-class figures: taken as written
+    assert [rows[k][1] for k in rows if k[0].isdigit()] == ["-" if c["f"] is None else f"{c['f']:.4f}"
+                                                              for c in written["per_class"]]
+    bad = run_cli("analysis.compare", "--runs", f"x={tmp_path}")
+    assert bad.returncode == 2 and f"{tmp_path}: not a finished train.final output folder" in bad.stderr
+    bad = run_cli("analysis.compare", "--runs", "nonsense")
+    assert bad.returncode == 2 and "expected NAME=RUN" in bad.stderr

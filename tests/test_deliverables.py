@@ -15,17 +15,6 @@ from conftest import run_cli
 A4 = (595.28, 841.89)  # points
 
 
-@pytest.fixture(scope="module")
-def final_run(tiny_data, tmp_path_factory) -> Path:
-    """A finished 1-epoch train.final of the dw_unet preset at 32 px on the generated faces."""
-    out = tmp_path_factory.mktemp("deliverables") / "final"
-    res = run_cli("train.final", "--preset", "dw_unet", "--data", str(tiny_data), "--size", "32", "--epochs", "1",
-                  "--device", "cpu", "--out", str(out))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "report.pdf: body font Liberation Sans" in res.stdout or "report.pdf: body font Arial" in res.stdout
-    return out
-
-
 def _body(pdf_path: Path) -> tuple[int, list[tuple[float, float]], Counter, str]:
     import pdfplumber
 
