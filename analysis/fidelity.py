@@ -70,20 +70,23 @@ def spread_across_ranking(trials: list[optuna.trial.FrozenTrial], k: int) -> lis
     return [ranked[i] for i in picks]
 
 
-def parse_variant(text: str) -> tuple[int, int, float]:
-    """'96:4:0.4' -> (size, epochs, subset)."""
+def parse_variant(text: str) -> tuple[tuple[Stage, ...], float]:
+    """'96:4:0.4' -> (one stage of 4 epochs at 96 px, share 0.4); '128:4,256:2:1' -> (a resolution schedule, 1.0):
+    the last field is the share of train, what precedes it a schedule as train.final takes it."""
+    schedule, sep, subset = text.rpartition(":")
     try:
-        size, epochs, subset = text.split(":")
-        out = int(size), int(epochs), float(subset)
-    except ValueError:
-        raise FidelityError(f"--proxy {text!r}: expected SIZE:EPOCHS:SUBSET, e.g. 96:4:0.4") from None
-    if out[0] < 32 or out[1] < 1 or not 0 < out[2] <= 1:
-        raise FidelityError(f"--proxy {text!r}: size >= 32, epochs >= 1 and 0 < subset <= 1 expected")
-    return out
+        stages, share = parse_schedule(schedule), float(subset)
+        if not sep or ":" not in schedule or not 0 < share <= 1:
+            raise ValueError
+    except (ValueError, ScheduleError):
+        raise FidelityError(f"--proxy {text!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET with sizes >= 32, "
+                            f"epochs >= 1 and 0 < SUBSET <= 1, e.g. 96:4:0.4 or 128:4,256:2:1") from None
+    return stages, share
 
 
-def variant_name(size: int, epochs: int, subset: float) -> str:
-    return f"{size}x{epochs}x{subset:g}"
+def variant_name(stages: tuple[Stage, ...], subset: float) -> str:
+    """'96x4x0.4' for one stage (the records' names since the first variant), '128x4-256x2x1' for a schedule."""
+    return "-".join(f"{st.size}x{st.epochs}" for st in stages) + f"x{subset:g}"
 
 
 def data_root(study: optuna.Study, given: Path | None) -> Path:
@@ -171,8 +174,8 @@ def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> N
     already recorded for a trial is skipped (a re-run resumes)."""
     if threads:
         torch.set_num_threads(threads)
-    size, epochs, subset = parse_variant(args.proxy)
-    name = variant_name(size, epochs, subset)
+    stages, subset = parse_variant(args.proxy)
+    name = variant_name(stages, subset)
     study = load_existing_study(args.storage, args.study)
     splits = SplitCache(data_root(study, args.data), subset=subset)
     device = pick_device(args.device)
@@ -182,7 +185,8 @@ def rerun_proxy(args: argparse.Namespace, numbers: list[int], threads: int) -> N
         if key in study.user_attrs:
             print(f"{key}: already recorded, skipped", flush=True)
             continue
-        found = train_at(study.trials[number], splits, f"{size}:{epochs}", seed, device, desc=f"proxy {name} #{number}")
+        found = train_at(study.trials[number], splits, format_schedule(stages), seed, device,
+                         desc=f"proxy {name} #{number}")
         study.set_user_attr(key, found)
         print(f"trial #{number}: proxy {name} last F {found['last_f']:.4f} ({found['seconds']:.0f} s)", flush=True)
 
@@ -259,8 +263,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="full-fidelity epochs at --size SIZE")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order, as train.final")
     p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay of the weights, as train.final")
-    p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS:SUBSET",
-                   help="instead of retraining: re-run this proxy variant on every trial with a full F (at the "
+    p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET",
+                   help="instead of retraining: re-run this proxy variant (a size or resolution schedule, then the "
+                        "share of train: 96:4:0.4, 128:4,256:2:1) on every trial with a full F, as the search's "
+                        "second rung trains (at the "
                         "setting --size/--epochs/--seed name; without --size, the setting with the most records)")
     p.add_argument("--table", action="store_true",
                    help="only print the table of the study's proxy and every variant measured, against the full F "

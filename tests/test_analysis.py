@@ -143,7 +143,26 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
     assert res.returncode == 0, res.stderr[-2000:]
     assert 0 <= hand_recipe_results(optuna.load_study(study_name="f", storage=storage))["dw_unet"] <= 1
     bad = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
-    assert bad.returncode == 2 and "expected SIZE:EPOCHS:SUBSET" in bad.stderr
+    assert bad.returncode == 2 and "expected SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET" in bad.stderr
+    # a variant may be a resolution schedule (a rung shaped like the final): its own records and table rows
+    res = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:1,48:1:0.5", "--storage", storage,
+                  "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert set(variant_results(optuna.load_study(study_name="f", storage=storage))["32x1-48x1x0.5"]) == {0, 1}
+    assert "| 32x1-48x1x0.5 | last_f |" in res.stdout and "| 32x2x0.5 | last_f |" in res.stdout
+
+
+def test_proxy_variants_parse_a_size_or_a_schedule_then_the_share_of_train():
+    from analysis.fidelity import FidelityError, parse_variant, variant_name
+    from train.schedule import Stage
+
+    assert parse_variant("96:4:0.4") == ((Stage(96, 4),), 0.4)
+    assert variant_name(*parse_variant("96:4:0.4")) == "96x4x0.4"  # the name of the records made before schedules
+    assert parse_variant("128:4,256:2:1") == ((Stage(128, 4), Stage(256, 2)), 1.0)
+    assert variant_name(*parse_variant("128:4,256:2:1")) == "128x4-256x2x1"
+    for bad in ("96:4", "96:4:0", "96:4:1.5", "16:4:0.4", "128:4,256:0.5", "a:b:c"):
+        with pytest.raises(FidelityError, match="expected SIZE:EPOCHS"):
+            parse_variant(bad)
 
 
 def test_fidelity_keeps_one_record_per_setting_and_data_folder(tmp_path, tiny_data):
