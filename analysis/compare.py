@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a group of train.final output folders (e.g. the seeds of one network), repeatable; the "
                         "first group is the one the others are compared to")
     p.add_argument("--data", type=Path, default=None,
-                   help="dataset root for runs that must be scored again (default: the folder each trained on)")
+                   help="dataset root for runs that must be scored again; None: the folder each run trained on")
     return p.parse_args(argv)
 
 
