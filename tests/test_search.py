@@ -38,7 +38,12 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     res = run_cli(*search_args(tiny_data, storage, art, 3, rung=True), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # the CPU default runs the second rung on the best three
-    assert "rung 2: the top 3 complete trials at 128 px x 4 epochs on 40% of train" in res.stdout
+    from search.rung import RungSetting
+    from train.infer import DEVICE_DEFAULTS
+
+    cpu = DEVICE_DEFAULTS["cpu"]
+    rung = RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
+    assert f"rung 2: the top 3 complete trials at {rung.describe()}" in res.stdout
     study = load(storage)
     assert len(study.trials) == 3 and all(t.state in FINISHED for t in study.trials)
     assert all(t.user_attrs["params"] < BUDGET for t in study.trials)
