@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from train.classes import CLASS_NAMES
-from train.data import DataError, load_split
-from train.final import per_class
+from train.data import load_split
 from train.infer import load_checkpoint, pick_device, safe_load
 from train.loop import evaluate
 
@@ -44,7 +43,7 @@ def run_scores(folder: Path, data: Path | None = None) -> tuple[float, list[floa
         device = pick_device("cpu")
         model, size = load_checkpoint(folder / "ckpt.pth", device)
         scorer = evaluate(model, load_split(data, "val", size=size, keep_full_masks=True), device)
-        rows = per_class(scorer)
+        rows = scorer.per_class_rows()
         record["val_f"] = scorer.f_measure
     return float(record["val_f"]), [r["f"] for r in rows], [r["images"] for r in rows]
 
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         groups = dict(parse_group(g) for g in args.runs)
         scores = {name: [run_scores(f, args.data) for f in folders] for name, folders in groups.items()}
-    except (CompareError, DataError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # CompareError, DataError and bad checkpoints are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(scores))

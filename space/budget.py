@@ -61,8 +61,8 @@ def _detail(width: int, **_: object) -> int:
 
 
 def _cbam(ch: int) -> int:
-    red = max(8, ch // 8)  # as DecoderStep builds it
-    return ch * red + red + red * ch + ch + 2 * 7 * 7 + 1
+    red = N.CBAM.reduced(ch)
+    return ch * red + red + red * ch + ch + 2 * N.CBAM.KERNEL ** 2 + 1
 
 
 def _decoder(cin: int, skip_chs: tuple[int, ...], skip_width: int, cout: int, depth: int, attention: bool = False,

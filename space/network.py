@@ -117,10 +117,18 @@ class CBAM(nn.Module):
     """Convolutional block attention (Woo et al., 2018): a channel gate from the average- and max-pooled features
     through one shared bottleneck, then a spatial gate from the channel mean and max through a 7x7 conv."""
 
-    def __init__(self, ch: int, reduced: int, kernel: int = 7):
+    KERNEL = 7  # of the spatial gate
+
+    @staticmethod
+    def reduced(ch: int) -> int:
+        """Width of the channel gate's bottleneck."""
+        return max(8, ch // 8)
+
+    def __init__(self, ch: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Conv2d(ch, reduced, 1), nn.ReLU(inplace=True), nn.Conv2d(reduced, ch, 1))
-        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+        red = self.reduced(ch)
+        self.mlp = nn.Sequential(nn.Conv2d(ch, red, 1), nn.ReLU(inplace=True), nn.Conv2d(red, ch, 1))
+        self.spatial = nn.Conv2d(2, 1, self.KERNEL, padding=self.KERNEL // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
@@ -196,7 +204,7 @@ class DecoderStep(nn.Module):
         self.projs = nn.ModuleList(ConvBNAct(c, skip_width, 1, act=act) for c in skip_chs)
         chs = [cin + skip_width * len(skip_chs)] + [cout] * depth
         layers = [SeparableConv(a, b, 1, act) for a, b in zip(chs[:-1], chs[1:])]
-        self.refine = nn.Sequential(*layers, *([CBAM(cout, max(8, cout // 8))] if attention else []))
+        self.refine = nn.Sequential(*layers, *([CBAM(cout)] if attention else []))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         if skips:

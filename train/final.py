@@ -27,7 +27,6 @@ from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
-from train.classes import CLASS_NAMES
 from train.data import DataError, SplitCache, list_split, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
 from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
@@ -214,13 +213,6 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
     (out / "report.md").write_text(text)
 
 
-def per_class(scorer: Scorer) -> list[dict]:
-    """Each class's mean per-image F over the val images containing it, for final.json and the PDF report."""
-    return [{"id": c, "name": CLASS_NAMES[c], "images": int(scorer.class_count[c]),
-             "f": None if not scorer.class_count[c] else round(float(f), 4)}
-            for c, f in enumerate(scorer.per_class_image_f())]
-
-
 def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dict:
     """How the network was found, for the report: a hand-designed preset, or the study's trials, proxy, fixed
     params and (when recorded) what the recipe and the architecture each bought."""
@@ -394,7 +386,7 @@ def run(args: argparse.Namespace) -> Path:
         "flops": count_flops(arch, size), "arch": arch.to_dict(), "loss": loss_cfg.to_dict(),
         "train": train_cfg.to_dict(), "ema": args.ema, "flip_tta": args.flip_tta, "include_val": args.include_val,
         "train_images": len(splits[size][0]), "val_images": len(scorer.scores), "miou": scorer.miou(),
-        "per_class": per_class(scorer), "found_by": found_by(chosen, storage)}, indent=1))
+        "per_class": scorer.per_class_rows(), "found_by": found_by(chosen, storage)}, indent=1))
     try:
         write_pdf(out)
     except ReportError as e:

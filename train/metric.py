@@ -77,6 +77,13 @@ class Scorer:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.class_f_sum / self.class_count
 
+    def per_class_rows(self) -> list[dict]:
+        """Each class's mean per-image F over the images containing it (None where none does), for final.json,
+        the PDF report and analysis.compare."""
+        return [{"id": c, "name": CLASS_NAMES[c], "images": int(self.class_count[c]),
+                 "f": None if not self.class_count[c] else round(float(f), 4)}
+                for c, f in enumerate(self.per_class_image_f())]
+
     def dataset_f1(self) -> np.ndarray:
         """F1 per class over the whole dataset's pooled confusion."""
         return f1_from_confusion(self.total)
