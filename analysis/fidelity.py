@@ -36,6 +36,7 @@ from search.records import (
     full_settings,
     record_key,
     recorded,
+    seed_spreads,
     variant_results,
 )
 from search.rung import train_at
@@ -250,6 +251,16 @@ def table(study: optuna.Study, setting: FullSetting | None = None) -> str:
     return "\n".join(rows)
 
 
+def spread_line(study: optuna.Study, setting: FullSetting) -> str:
+    """One line: the seed spread (max - min full F over seeds) of each trial recorded at several seeds."""
+    spreads = seed_spreads(study, setting)
+    if not spreads:
+        return "seed spread: no trial recorded at more than one seed at this schedule (run train.final --seed S)"
+    return "seed spread of the full runs (max - min over seeds): " + ", ".join(
+        f"#{n} {max(seeds.values()) - min(seeds.values()):.4f} (seeds {', '.join(map(str, sorted(seeds)))})"
+        for n, seeds in spreads.items())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analysis.fidelity", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -301,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             print(f"full fidelity: {setting.describe()} on {setting.data}")
             print(table(study, setting))
+            print(spread_line(study, setting))
             return 0
         if args.from_final:
             if args.trial is None:

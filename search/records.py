@@ -73,6 +73,17 @@ def recorded(study: optuna.Study, setting: FullSetting | None = None) -> dict[in
     return {int(item): value["f"] for item, s, value in full_records(study) if s == setting}
 
 
+def seed_spreads(study: optuna.Study, setting: FullSetting) -> dict[int, dict[int, float]]:
+    """Trial number -> {seed: full F} for the trials recorded at more than one seed under `setting`'s schedule,
+    EMA and data: the seed noise that a proxy's ordering of close pairs is read against."""
+    same = {(item, s.seed): value["f"] for item, s, value in full_records(study)
+            if dataclasses.replace(s, seed=setting.seed) == setting}
+    by_trial: dict[int, dict[int, float]] = {}
+    for (item, seed), f in same.items():
+        by_trial.setdefault(int(item), {})[seed] = f
+    return {n: seeds for n, seeds in sorted(by_trial.items()) if len(seeds) > 1}
+
+
 def hand_recipe_results(study: optuna.Study, setting: FullSetting | None = None) -> dict[str, float]:
     """Preset name -> full F at its own hand recipe, as `analysis.fidelity --hand-recipe` stored it (at `setting`,
     default the study's most recorded full setting)."""

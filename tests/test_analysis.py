@@ -27,6 +27,7 @@ from search.records import (
     hand_recipe_results,
     recipe_and_architecture,
     recorded,
+    seed_spreads,
     variant_results,
 )
 from search.storage import open_storage
@@ -279,6 +280,19 @@ def test_report_tells_what_the_recipe_and_the_architecture_buy(tmp_path):
     assert [g for _, _, g in rows] == ["", "recipe: +0.0500", "architecture: +0.0100"]
     page = write_report(study, tmp_path / "rep", progress=False).read_text()
     assert "What the recipe buys and what the architecture buys" in page and "architecture: +0.0100" in page
+
+
+def test_seed_spread_reads_only_the_named_schedule_ema_and_data(tmp_path):
+    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None))
+    base = {"schedule": "128:24,256:12", "ema": 0.99, "data": "/d"}
+    for key, extra in [("0:a", {"f": 0.80, "seed": 0}), ("0:b", {"f": 0.83, "seed": 1}),  # spread 0.03
+                       ("0:c", {"f": 0.50, "seed": 2, "schedule": "128:20"}),  # another schedule: apart
+                       ("0:d", {"f": 0.10, "seed": 3, "data": "/other"}),  # another data folder: apart
+                       ("1:a", {"f": 0.70, "seed": 0})]:  # one seed only: no spread
+        study.set_user_attr(f"{ATTR}:{key}", {**base, **extra})
+    setting = next(s for item, s, _ in full_records(study) if item == "0" and s.seed == 1)
+    spreads = seed_spreads(study, setting)
+    assert spreads == {0: {0: 0.80, 1: 0.83}}
 
 
 def test_a_train_final_run_of_the_trial_is_recorded_as_its_full_f_and_another_trials_is_refused(tmp_path, tiny_data):
