@@ -76,11 +76,10 @@ def recorded(study: optuna.Study, setting: FullSetting | None = None) -> dict[in
 def seed_spreads(study: optuna.Study, setting: FullSetting) -> dict[int, dict[int, float]]:
     """Trial number -> {seed: full F} for the trials recorded at more than one seed under `setting`'s schedule,
     EMA and data: the seed noise that a proxy's ordering of close pairs is read against."""
-    same = {(item, s.seed): value["f"] for item, s, value in full_records(study)
-            if dataclasses.replace(s, seed=setting.seed) == setting}
     by_trial: dict[int, dict[int, float]] = {}
-    for (item, seed), f in same.items():
-        by_trial.setdefault(int(item), {})[seed] = f
+    for item, s, value in full_records(study):
+        if dataclasses.replace(s, seed=setting.seed) == setting:
+            by_trial.setdefault(int(item), {})[s.seed] = value["f"]
     return {n: seeds for n, seeds in sorted(by_trial.items()) if len(seeds) > 1}
 
 

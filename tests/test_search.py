@@ -9,8 +9,10 @@ import torch
 from conftest import StopAtFit, capture_initial_weights, run_cli
 
 import search.run as run_mod
+from search.rung import RungSetting
 from search.storage import StorageError, open_storage, pick_trial
 from space.config import BUDGET
+from train.infer import DEVICE_DEFAULTS
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -38,9 +40,6 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     res = run_cli(*search_args(tiny_data, storage, art, 3, rung=True), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     # the CPU default runs the second rung on the best three
-    from search.rung import RungSetting
-    from train.infer import DEVICE_DEFAULTS
-
     cpu = DEVICE_DEFAULTS["cpu"]
     rung = RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
     assert f"rung 2: the top 3 complete trials at {rung.describe()}" in res.stdout
