@@ -48,6 +48,9 @@ from train.data import DataError, SplitCache, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device, safe_load
 from train.loop import EMA_DECAY, SIGNALS, full_fit
 from train.schedule import (
+    MAX_EPOCHS,
+    MAX_SIZE,
+    MIN_SIZE,
     ScheduleError,
     Stage,
     describe_schedule,
@@ -80,8 +83,9 @@ def parse_variant(text: str) -> tuple[tuple[Stage, ...], float]:
         if not sep or ":" not in schedule or not 0 < share <= 1:
             raise ValueError
     except (ValueError, ScheduleError):
-        raise FidelityError(f"--proxy {text!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET with sizes >= 32, "
-                            f"epochs >= 1 and 0 < SUBSET <= 1, e.g. 96:4:0.4 or 128:4,256:2:1") from None
+        raise FidelityError(f"--proxy {text!r}: expected SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET with sizes "
+                            f"{MIN_SIZE}..{MAX_SIZE} that never decrease, epochs 1..{MAX_EPOCHS} and 0 < SUBSET <= 1, "
+                            f"e.g. 96:4:0.4 or 128:4,256:2:1") from None
     return stages, share
 
 
@@ -279,6 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "share of train: 96:4:0.4, 128:4,256:2:1) on every trial with a full F, as the search's "
                         "second rung trains (at the "
                         "setting --size/--epochs/--seed name; without --size, the setting with the most records)")
+    p.add_argument("--every", action="store_true",
+                   help="with --proxy: re-run every complete trial, not only those with a full F (so that the "
+                        "variant is on record before the full runs end)")
     p.add_argument("--table", action="store_true",
                    help="only print the table of the study's proxy and every variant measured, against the full F "
                         "at the setting --size/--epochs/--seed/--ema name (without --size: the setting with the most "
@@ -322,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.hand_recipe:
             failed = run_parallel(retrain, args, args.hand_recipe)
         elif args.proxy:
-            numbers = sorted(recorded(study, setting))
+            numbers = (sorted(t.number for t in complete_trials(study)) if args.every
+                       else sorted(recorded(study, setting)))
             if len(numbers) < 2:
                 raise FidelityError(f"study {args.study!r} has {len(numbers)} full-fidelity results; run "
                                     f"`python -m analysis.fidelity --study {args.study} --k K` first")

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -23,7 +24,16 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.rung import PENDING_ATTR, RungSetting, run_rung, rung_records
+from search.rung import (
+    FAILURES,
+    MINUTES_ATTR,
+    PENDING_ATTR,
+    RungSetting,
+    name_of,
+    run_rung,
+    rung_records,
+    verdict,
+)
 from search.storage import (
     DEFAULT_STORAGE,
     HEARTBEAT_S,
@@ -33,20 +43,20 @@ from search.storage import (
     pick_trial,
     require_study,
 )
-from search.workers import fail_dead_trials, start_seed, take_trial, this_worker, worker_seed
+from search.workers import fail_dead_trials, take_trial, this_worker
 from space.budget import count_flops
 from space.config import BUDGET
+from space.portfolio import PORTFOLIO, Entry, load_portfolio
 from space.presets import PRESETS
-from space.sample import check_params, parse_assignments, recipe_params, sample_config
+from space.sample import InCapSampler, check_params, parse_assignments, recipe_params, sample_config
 from train.accel import share_memory
 from train.data import DataError, Split, SplitCache, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
-from train.loop import NonFiniteLoss, fit_new, proxy_signals
-from train.schedule import Stage, parse_schedule
+from train.loop import fit_new, proxy_signals
+from train.schedule import MAX_EPOCHS, MAX_SIZE, MIN_SIZE, ScheduleError, Stage, parse_schedule
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
-FAILURES = (NonFiniteLoss, torch.OutOfMemoryError)  # fail the trial, the study goes on; anything else is a bug
 
 
 @dataclass
@@ -70,6 +80,9 @@ class Settings:
     rung_k: int = 0  # trials promoted to the second rung (search.rung); 0 = none
     rung_schedule: str = "128:4"
     rung_subset: float = 0.4
+    portfolio: tuple[Entry, ...] = PORTFOLIO  # known-good entries every new study starts from (space.portfolio)
+    final_schedule: str = "128:24,256:12"  # train.final's default here: the rung predicts its minutes
+    final_minutes: float | None = None  # picks predicted slower than this are left out (search.rung)
 
     def rung(self) -> RungSetting:
         return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed)
@@ -86,7 +99,6 @@ class Objective:
     def __init__(self, s: Settings, train: Split, val: Split):
         self.s, self.train, self.val = s, train, val
         self.device = pick_device(s.device)
-        self.seeded = False  # the sampler is re-seeded from this worker's first trial
         s.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(str(s.artifact_dir))
         self.max_flops = s.flops_cap * preset_flops(s.proxy_size) if s.flops_cap else None
@@ -95,20 +107,20 @@ class Objective:
         s = self.s
         for key, value in this_worker().items():  # first: a later start can tell whether this worker died
             trial.set_user_attr(key, value)
-        if not self.seeded:  # this worker's own stream, from the first trial it took (search.workers.worker_seed)
-            trial.study.sampler = make_sampler(s.sampler, worker_seed(s.seed, trial.number), s.fixed)
-            self.seeded = True
         arch, loss_cfg, train_cfg = sample_config(trial)
         flops = count_flops(arch, s.proxy_size)
         trial.set_user_attr("flops", flops)
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr("arch", arch.to_dict())
-        if self.max_flops and flops > self.max_flops:
+        trial.set_user_attr("draws_over_cap", getattr(trial.study.sampler, "last_redrawn", 0))
+        known_good = "portfolio" in trial.user_attrs  # never pruned: not judged at the lowest fidelity alone
+        if self.max_flops and flops > self.max_flops and not known_good:  # only an enqueued trial can be
             trial.set_user_attr("over_flops_cap", True)
             raise optuna.TrialPruned(f"{flops / 1e6:.0f} MFLOPs > cap {self.max_flops / 1e6:.0f} (--flops-cap)")
+
         def report(epoch: int, record: dict) -> None:
             trial.report(record["val_f"], epoch)
-            if trial.should_prune():
+            if not known_good and trial.should_prune():
                 trial.set_user_attr("epochs_run", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with F {record['val_f']:.4f}")
 
@@ -140,7 +152,8 @@ class Objective:
 
 def make_sampler(name: str, seed: int, fixed: dict | None = None) -> optuna.samplers.BaseSampler:
     """TPE or random; with `fixed` params, Optuna's PartialFixedSampler around it (the fixed values are still
-    stored as the trial's params, so `train.final` replays them exactly)."""
+    stored as the trial's params, so `train.final` replays them exactly). `study_sampler` draws each trial's
+    proposal from one of these."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "random":
@@ -159,17 +172,17 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
 
 
-def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None, index: int = 0) -> optuna.Study:
-    """The study, with a sampler seeded for worker `index` of this invocation (each worker re-seeds it from the
-    first trial it takes: search.workers.worker_seed)."""
+def study_sampler(s: Settings) -> InCapSampler:
+    """Each trial's proposal, drawn by `make_sampler` seeded from --seed and the trial's number (workers never share
+    a stream; a resumed study never replays a proposal) and redrawn while over the FLOPs cap (space.sample)."""
+    cap = s.flops_cap * preset_flops(s.proxy_size) if s.flops_cap else None
+    return InCapSampler(lambda seed: make_sampler(s.sampler, seed, s.fixed), s.seed, cap, s.proxy_size)
+
+
+def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """The study (created if new), with this process's sampler (`study_sampler`) and pruner."""
     storage = storage or open_storage(s.storage, heartbeat=s.heartbeat)
-    # offset the seed by the trials already stored, so a resumed study does not replay the same proposals
-    try:
-        stored = len(optuna.load_study(study_name=s.study, storage=storage).trials)
-    except KeyError:
-        stored = 0
-    study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize",
-                                sampler=make_sampler(s.sampler, start_seed(s.seed, stored, index), s.fixed),
+    study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize", sampler=study_sampler(s),
                                 pruner=make_pruner(s.pruner, s.proxy_epochs), load_if_exists=True)
     if not study.metric_names:
         with warnings.catch_warnings():
@@ -178,24 +191,26 @@ def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None, 
     return study
 
 
-def enqueue_presets(study: optuna.Study, storage: optuna.storages.BaseStorage, fixed: dict | None = None
-                    ) -> list[int]:
-    """Enqueue each hand-designed preset once; returns the numbers of duplicates dropped.
+def enqueue_portfolio(study: optuna.Study, storage: optuna.storages.BaseStorage, portfolio: tuple[Entry, ...],
+                      fixed: dict | None = None) -> list[int]:
+    """Enqueue each portfolio entry once (user attr `portfolio`, and `preset` for a preset's network), before any
+    proposal; returns the numbers of duplicates dropped. `fixed` params (`--fix`, `--recipe-from`) replace the
+    entries' own, so that entries and searched nets are compared at one recipe.
 
     Optuna's `skip_if_exists` is not atomic (its docs say so): several `search.run` processes started together on
-    one study can each enqueue the presets. Each process therefore drops, after enqueueing, every WAITING preset
+    one study can each enqueue the portfolio. Each process therefore drops, after enqueueing, every WAITING entry
     trial that repeats an earlier one: it claims the trial with the same atomic WAITING -> RUNNING step that
     `Study.ask` uses (so no worker trains it) and fails it with user attr `duplicate_of`. FAIL, not PRUNED: TPE
-    ignores failed trials but would count a pruned one as a bad result for the preset's parameters. Retries of
-    killed trials (system attr `failed_trial`) keep their preset name and are left alone. `fixed` params (the
-    search's `--fix`) replace the presets' own, so that presets and searched nets are compared at one recipe.
+    ignores failed trials but would count a pruned one as a bad result for the entry's parameters. Retries of
+    killed trials (system attr `failed_trial`) keep their entry name and are left alone.
     """
-    for name, params in PRESETS.items():
-        study.enqueue_trial({**params, **(fixed or {})}, user_attrs={"preset": name}, skip_if_exists=True)
+    for entry in portfolio:
+        attrs = {"portfolio": entry.name, **({"preset": entry.preset} if entry.preset else {})}
+        study.enqueue_trial({**entry.params, **(fixed or {})}, user_attrs=attrs, skip_if_exists=True)
     first: dict[str, int] = {}
     dropped = []
     for t in study.get_trials(deepcopy=False):
-        name = t.user_attrs.get("preset")
+        name = t.user_attrs.get("portfolio")
         if name is None or "failed_trial" in t.system_attrs:
             continue
         if name not in first:
@@ -222,7 +237,7 @@ def load_data(s: Settings) -> tuple[Split, Split]:
 
 
 def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: tuple[Split, Split] | None = None,
-               workers_on_device: int = 1, index: int = 0) -> None:
+               workers_on_device: int = 1) -> None:
     """One process's share of the search (also the single-process path, which passes the data it loaded): it
     runs trials while the invocation's `budget` (a shared multiprocessing Value) has any left."""
     if threads:
@@ -231,7 +246,7 @@ def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: t
     share_memory(device, workers_on_device)  # several workers on one GPU: each gets its share of its memory
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train, val = data or load_data(s)
-    study = open_study(s, index=index)
+    study = open_study(s)
     objective, t0 = Objective(s, train, val), time.time()
     while (timeout is None or time.time() - t0 < timeout) and take_trial(budget):
         study.optimize(objective, n_trials=1, callbacks=[say_trial], catch=FAILURES, gc_after_trial=True)
@@ -277,9 +292,17 @@ def summary(study: optuna.Study, s: Settings) -> str:
         lines += ["  " + describe(t) + (f" rung2_F={rung[t.number]['f']:.4f}" if t.number in rung else "")
                   for t in done[:5]]
     if rung:
-        best = max(rung, key=lambda n: rung[n]["f"])
-        lines.append(f"second rung ({len(rung)} trials): best #{best} rung-2 F {rung[best]['f']:.4f} (proxy F "
-                     f"{rung[best]['proxy_f']:.4f}); train.final --study best takes it")
+        lines.append(f"second rung ({len(rung)} trials), train.final predicted at {s.final_schedule}"
+                     + (f", picks over {s.final_minutes:g} min left out" if s.final_minutes else "") + ":")
+        lines += [f"  {name_of(study.trials[n])}: proxy F {r['proxy_f']:.4f} -> rung-2 F {r['f']:.4f}, "
+                  + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
+                  + (" (the reference)" if r.get("reference") else "")
+                  for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
+        lines.append(f"{verdict(study)}; train.final --study best takes it")
+    over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials if "draws_over_cap" in t.user_attrs]
+    if over and s.flops_cap:
+        lines.append(f"FLOPs cap: {sum(over)} of {sum(over) + len(over)} draws were over it and drawn again "
+                     f"({sum(over) / (sum(over) + len(over)):.0%}); no trial was created for them")
     lines += ["", f"browse:  optuna-dashboard {s.storage} --artifact-dir {s.artifact_dir}",
               "retrain: python -m train.final --study best"
               + ("" if s.storage == DEFAULT_STORAGE else f" --storage {s.storage}")]
@@ -337,8 +360,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "retrained in time, 0 on CUDA)")
     p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                    help="hold one parameter of the space at a value (repeatable; the names are the study's "
-                        "parameter names, checked against the space), e.g. --fix batch_size=8; the presets "
-                        "take the fixed values too. `train.final` replays them exactly")
+                        "parameter names, checked against the space), e.g. --fix batch_size=8; the portfolio's "
+                        "entries take the fixed values too. `train.final` replays them exactly")
+    p.add_argument("--portfolio", type=Path, default=None, metavar="FILE",
+                   help="start a new study from these known-good configurations instead of the built-in portfolio "
+                        "(space/portfolio.py: dw_unet, arch-tpe #28 and the other presets at recipe R85): a JSON "
+                        "list of {\"name\": ..., \"params\": {trial params}}, each checked against the space. "
+                        "Entries are trained first, never pruned, and the best of them by proxy F is trained at the "
+                        "second rung beside the top K (the reference)")
     p.add_argument("--recipe-from", default=None, metavar="STUDY[:TRIAL]",
                    help="hold the loss and optimiser params (the recipe) at those of a trial of another study "
                         "in the same storage (default its best trial), so that only architectures are searched; "
@@ -352,6 +381,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "ordered the networks of known full F best, docs/results.md)")
     p.add_argument("--rung-subset", type=float, default=None,
                    help="share of the training split the second rung trains on (default 1.0 on CPU)")
+    p.add_argument("--final-minutes", type=float, default=None, metavar="M",
+                   help="leave out of the rung's choice any trial whose train.final, at the device's default "
+                        "schedule, is predicted to take over M minutes (each rung run records its seconds per epoch "
+                        "and per scoring at each size; the summary prints every promoted trial's prediction); "
+                        "off by default")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -380,7 +414,8 @@ def check_resumable(study: optuna.Study, s: Settings) -> None:
         return  # a new study: nothing trained yet (another process started together may still be writing settings)
     # studies from before --signal reported the last F
     proxy = {"signal": "last_f", **(recorded or {})}
-    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal}
+    # the seed too: the proxies and rung runs were seeded from it (seed + trial number), and analysis replays them
+    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal, "seed": s.seed}
     changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
     if study.user_attrs.get("fixed", {}) != s.fixed:
         changed.append(f"fixed params {study.user_attrs.get('fixed', {})} -> {s.fixed}")
@@ -402,7 +437,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat,
         flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap,
         rung_k=d["rung_k"] if args.rung is None else args.rung, rung_schedule=args.rung_size or d["rung_schedule"],
-        rung_subset=args.rung_subset or d["rung_subset"])
+        rung_subset=args.rung_subset or d["rung_subset"],
+        portfolio=load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO,
+        final_schedule=d["final_schedule"], final_minutes=args.final_minutes)
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -415,10 +452,10 @@ def validate(args: argparse.Namespace) -> None:
                          "(--storage studies/facenas.journal) or PostgreSQL (--storage postgresql+psycopg://...)")
     if args.subset is not None and not 0 < args.subset <= 1:
         raise ValueError(f"--subset must be in (0, 1], got {args.subset}")
-    for name in ("proxy_size", "proxy_epochs"):
+    for name, (low, high) in (("proxy_size", (MIN_SIZE, MAX_SIZE)), ("proxy_epochs", (1, MAX_EPOCHS))):
         value = getattr(args, name)
-        if value is not None and value < (32 if name == "proxy_size" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} too small: {value}")
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"--{name.replace('_', '-')} must be {low}..{high}, got {value}")
     if args.flops_cap is not None and args.flops_cap < 0:
         raise ValueError(f"--flops-cap must be >= 0 (0 = no cap), got {args.flops_cap}")
     if args.heartbeat <= 0:
@@ -429,8 +466,13 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--rung must be >= 0 (0 = off), got {args.rung}")
     if args.rung_subset is not None and not 0 < args.rung_subset <= 1:
         raise ValueError(f"--rung-subset must be in (0, 1], got {args.rung_subset}")
+    if args.final_minutes is not None and not args.final_minutes > 0:
+        raise ValueError(f"--final-minutes must be > 0 minutes, got {args.final_minutes}")
     if args.rung_size is not None:
-        parse_schedule(args.rung_size)  # a ScheduleError (ValueError) names what is wrong
+        try:
+            parse_schedule(args.rung_size)
+        except ScheduleError as e:
+            raise ValueError(f"--rung-size {args.rung_size}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,12 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
-    # the settings before the presets: a process started together that sees trials sees what they were run under
-    study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
-    study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
-                                  "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed})
-    study.set_user_attr("fixed", s.fixed)
-    dropped = enqueue_presets(study, storage, s.fixed)
+    record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
+    dropped = enqueue_portfolio(study, storage, s.portfolio, s.fixed)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
           f"device {s.device}; "
@@ -463,27 +501,25 @@ def main(argv: list[str] | None = None) -> int:
           f"budget < {BUDGET:,} params"
           + (f"; fixed: {', '.join(f'{k}={v}' for k, v in s.fixed.items())}" if s.fixed else ""), flush=True)
     if dropped:
-        print(f"search: another process enqueued the presets at the same moment; dropped the duplicate trials "
+        print(f"search: another process enqueued the portfolio at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
-    pending = study.user_attrs.get(PENDING_ATTR)
-    if pending:  # the rule: an unfinished rung is finished first, alone
-        rung = RungSetting(**pending)
-        print(f"search: the last run's second rung did not finish ({rung.describe()}): finishing it now, without "
-              f"proxy trials; run the command again to add trials", flush=True)
+    rung = pending_rung(study, s)
+    if rung is not None:  # the rule: an unfinished rung is finished first, alone
         proxy_s = 0.0
     else:
         rung, t0 = s.rung(), time.time()
-        failed = run_proxy_phase(s, args, data)
+        failed, ran = run_proxy_phase(s, args, data)
         if failed is not None:
             return failed
         proxy_s = time.time() - t0
-        print(f"\n{n_finished(open_study(s)) - finished} trials in {proxy_s:.0f} s")
+        print(f"\n{ran} trials in {proxy_s:.0f} s (this command's; other processes on the study count their own)")
         if rung.k:
             study.set_user_attr(PENDING_ATTR, dataclasses.asdict(rung))  # the proxy phase is over: the rung is due
     if rung.k:
         print(f"rung 2: the top {rung.k} complete trials at {rung.describe()}", flush=True)
         try:
-            rung_s = run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device))
+            rung_s = run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device),
+                              s.final_schedule)
         except KeyboardInterrupt:
             print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
                   "the rung (and adds no proxy trials)", file=sys.stderr)
@@ -496,31 +532,75 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Split]) -> int | None:
-    """The proxy trials, in this process or `--workers` processes; an exit status when they could not finish."""
+def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
+    """The unfinished second rung this command finishes before anything else (None: there is none, or `--rung 0`
+    leaves it: the study goes on without it)."""
+    pending = study.user_attrs.get(PENDING_ATTR)
+    if not pending:
+        return None
+    rung = RungSetting(**pending)
+    if not s.rung_k:
+        study.set_user_attr(PENDING_ATTR, None)
+        print(f"search: the unfinished second rung ({rung.describe()}) is left (--rung 0); train.final chooses by "
+              f"the last finished rung, else the proxy", flush=True)
+        return None
+    print(f"search: the last run's second rung did not finish ({rung.describe()}): finishing it now, without "
+          f"proxy trials; run the command again to add trials", flush=True)
+    return rung
+
+
+def record_settings(study: optuna.Study, s: Settings) -> None:
+    """What the study was searched under, as study user attrs (train.final and analysis read them)."""
+    study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
+    study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
+                                  "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed,
+                                  "sampler": s.sampler, "pruner": s.pruner})
+    study.set_user_attr("fixed", s.fixed)
+    study.set_user_attr(MINUTES_ATTR, s.final_minutes)
+
+
+def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Split]) -> tuple[int | None, int]:
+    """The proxy trials, in this process or `--workers` processes: (an exit status when they could not finish,
+    else None; the number of trials this command ran). SIGTERM (timeout, a batch scheduler) ends the workers too:
+    their unfinished trials are failed and retried at the next start."""
     ctx = mp.get_context("spawn")
     budget = ctx.Value("i", args.trials)  # exactly --trials trials, whatever the number of workers
+    ran = lambda: args.trials - budget.value
+    procs: list = []
+
+    def terminate(signum, frame):
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)
+        print(f"\nterminated (signal {signum}): the workers are stopped; finished trials are saved, re-run the same "
+              f"command to continue", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         if args.workers == 1:
             run_worker(s, budget, args.timeout, 0, data)
-            return None
+            return None, ran()
         del data  # each worker process loads its own copy
         threads = max(1, (os.cpu_count() or 1) // args.workers)
-        procs = [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers, i))
-                 for i in range(args.workers)]
+        procs += [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers))
+                  for _ in range(args.workers)]
         for proc in procs:
             proc.start()
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; re-run the same command to continue", file=sys.stderr)
-        return 130
+        return 130, ran()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     crashed = [proc.exitcode for proc in procs if proc.exitcode]
     if crashed:
         print(f"error: {len(crashed)} of {args.workers} workers ended with an exception (traceback above); "
               f"finished trials are saved", file=sys.stderr)
-        return 1
-    return None
+        return 1, ran()
+    return None, ran()
 
 
 if __name__ == "__main__":

@@ -8,9 +8,22 @@ second value per trial would be a second objective, which Hyperband cannot prune
 `analysis.fidelity --proxy SIZE:EPOCHS:SUBSET` re-runs a proxy variant (same function, same seed rule), so the
 tau measured there is the rung's.
 
+Beside the top k, the rung always trains the reference: the portfolio entry (`space.portfolio`) with the best proxy
+F, even when it ranks below the top k. The best rung-2 F is what `train.final --study best` ships, so it ships a
+searched network only when that network beat the reference at the rung; `verdict` says which won and by how much.
+Each rung run records its seconds per epoch and per scoring at each size, and from them the predicted minutes of
+`train.final` at the device's default schedule; `search.run --final-minutes M` (study user attr `final_minutes`)
+leaves picks predicted over M out of the choice.
+
 Resuming: when a proxy phase ends the study records `rung2_pending`; until the rung has finished, the same
 `search.run` command only finishes the rung (no rung run is trained twice, no proxy trial is added); run it once
-more to add proxy trials.
+more to add proxy trials. `rung2_setting` names the last rung that finished, and is what `train.final` chooses by:
+an interrupted new rung does not hide a finished one. A rung run whose loss becomes NaN or that runs out of memory
+is recorded as failed and tried once more by the next run of the command; `--rung 0` leaves an unfinished rung.
+
+Several processes on one study (machines on PostgreSQL, or two commands on one journal file) share the rung: each
+rung run is claimed first, as a trial of the side study `<study>.rung2-claims` (`Claims`), and the lowest-numbered
+live claim of a run wins, so no run is trained twice; the pending mark is cleared by whoever finishes the last run.
 """
 
 from __future__ import annotations
@@ -24,15 +37,21 @@ from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
+from search.storage import CLAIMS_SUFFIX
+from search.workers import gone, this_worker
 from space.sample import replay
 from train.data import Split
-from train.loop import fit_new, proxy_signals
+from train.loop import NonFiniteLoss, fit_new, full_seconds, proxy_signals, stage_seconds
 from train.schedule import describe_schedule, parse_schedule
 
 RUNG_ATTR = "rung2"
 PENDING_ATTR = "rung2_pending"
 SETTING_ATTR = "rung2_setting"  # the study's current rung setting (what train.final --study best reads)
+MINUTES_ATTR = "final_minutes"  # search.run --final-minutes: picks predicted slower than this are left out
+FAILURES = (NonFiniteLoss, torch.OutOfMemoryError)  # a trial or rung run fails, the study goes on; else: a bug
+MAX_ATTEMPTS = 2  # a rung run that failed is tried once more
 
 
 @dataclass(frozen=True)
@@ -52,60 +71,215 @@ class RungSetting:
         return f"{describe_schedule(parse_schedule(self.schedule))} on {self.subset:.0%} of train, {self.signal}"
 
 
+def reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The portfolio entry that did best in the proxy phase (None when no entry completed)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "portfolio" in t.user_attrs]
+    return max(done, key=lambda t: t.value, default=None)
+
+
 def promoted(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k best complete trials by proxy value."""
+    """The k best complete trials by proxy value, and the reference when it is not among them."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: -t.value)[:k]
+    top = sorted(done, key=lambda t: -t.value)[:k]
+    ref = reference(study)
+    return top + ([ref] if ref is not None and k and ref.number not in {t.number for t in top} else [])
 
 
-def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dict[int, dict]:
-    """Trial number -> rung-2 record at `setting` (default: the study's current rung setting)."""
+def current_setting(study: optuna.Study) -> RungSetting | None:
+    """The setting the study's rung records are read at: the last finished rung's, else the unfinished one's."""
+    saved = study.user_attrs.get(SETTING_ATTR) or study.user_attrs.get(PENDING_ATTR)
+    return RungSetting(**saved) if saved else None
+
+
+def _records(study: optuna.Study, setting: RungSetting | None) -> dict[int, dict]:
+    setting = setting or current_setting(study)
     if setting is None:
-        saved = study.user_attrs.get(SETTING_ATTR)
-        if not saved:
-            return {}
-        setting = RungSetting(**saved)
+        return {}
     suffix = f":{setting.id}"
     return {int(key.split(":")[1]): value for key, value in study.user_attrs.items()
             if key.startswith(RUNG_ATTR + ":") and key.endswith(suffix)}
 
 
+def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dict[int, dict]:
+    """Trial number -> rung-2 record at `setting` (default: the last finished rung's setting, else the unfinished
+    one's); failed rung runs left out."""
+    return {n: r for n, r in _records(study, setting).items() if "f" in r}
+
+
+def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
+    """The trials whose rung run at `setting` is done: trained, or failed MAX_ATTEMPTS times."""
+    return {n for n, r in _records(study, setting).items() if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS}
+
+
+def unfinished_note(study: optuna.Study) -> str | None:
+    """A line for train.final when a rung is unfinished: which rung the choice comes from instead."""
+    pending = study.user_attrs.get(PENDING_ATTR)
+    if not pending:
+        return None
+    setting, last = RungSetting(**pending), study.user_attrs.get(SETTING_ATTR)
+    todo = [t.number for t in promoted(study, setting.k) if t.number not in finished(study, setting)]
+    head = f"the second rung at {setting.describe()} is unfinished ({len(todo)} runs to go: " \
+           f"{', '.join(f'#{n}' for n in todo)}; run the search command again to finish it)"
+    if last and RungSetting(**last) != setting:
+        return f"{head}; choosing by the last finished rung, at {RungSetting(**last).describe()}"
+    return f"{head}; choosing among the {len(rung_records(study, setting))} runs it finished"
+
+
+def within_minutes(study: optuna.Study, records: dict[int, dict]) -> dict[int, dict]:
+    """The records whose predicted train.final minutes are within the study's `final_minutes` (all without one, or
+    when none is)."""
+    limit = study.user_attrs.get(MINUTES_ATTR)
+    kept = {n: r for n, r in records.items() if limit is None or r.get("final_minutes", 0.0) <= limit}
+    return kept or records
+
+
 def best_by_rung(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, dict] | None:
-    """The trial with the best rung-2 F at the study's rung setting, with its record; None without rung runs."""
-    records = rung_records(study)
+    """The trial with the best rung-2 F at the study's rung setting (among those predicted within its
+    `final_minutes`), with its record; None without rung runs."""
+    records = within_minutes(study, rung_records(study))
     if not records:
         return None
     number = max(records, key=lambda n: records[n]["f"])
     return study.trials[number], records[number]
 
 
+def name_of(trial: optuna.trial.FrozenTrial) -> str:
+    entry = trial.user_attrs.get("portfolio")
+    return f"#{trial.number} ({entry})" if entry else f"#{trial.number} (searched)"
+
+
+def verdict(study: optuna.Study) -> str | None:
+    """One line: the rung's pick against the reference, or None without rung runs."""
+    found = best_by_rung(study)
+    if found is None:
+        return None
+    trial, record = found
+    records = rung_records(study)
+    refs = [n for n, r in records.items() if r.get("reference")]
+    if not refs:
+        return f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); no portfolio entry at the rung"
+    ref = refs[0]
+    if ref == trial.number:
+        rivals = [n for n in records if "portfolio" not in study.trials[n].user_attrs]
+        best = max(rivals, key=lambda n: records[n]["f"], default=None)
+        beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network #{best} "
+                  f"({records[best]['f']:.4f})" if best is not None else "")
+        return f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}"
+    return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}) beat the reference "
+            f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) by {record['f'] - records[ref]['f']:+.4f}")
+
+
 def train_at(trial: optuna.trial.FrozenTrial, splits: Mapping[int, tuple[Split, Split]], schedule: str, seed: int,
              device: torch.device, **fit_kwargs) -> dict:
     """Re-train a trial's configs at another fidelity as its proxy was trained (initial weights from seed + its
-    number, val scored every epoch, no EMA); returns every ranking signal and the seconds it took."""
+    number, val scored every epoch, no EMA); returns every ranking signal, the seconds it took and its seconds per
+    epoch and per scoring at each size (`train.loop.stage_seconds`)."""
     arch, loss_cfg, train_cfg = replay(trial)
     t0 = time.perf_counter()
     _, fitted = fit_new(arch, splits, loss_cfg, train_cfg, seed=seed + trial.number, schedule=parse_schedule(schedule),
                         device=device, **fit_kwargs)
-    return {**proxy_signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1)}
+    return {**proxy_signals(fitted.history), "seconds": round(time.perf_counter() - t0, 1),
+            "stage_seconds": {str(k): v for k, v in stage_seconds(fitted.history, getattr(splits, "subset", 1.0))
+                              .items()}}
+
+
+def final_minutes(record: dict, final_schedule: str) -> float | None:
+    """Predicted minutes of `train.final` (training and scoring) through `final_schedule`, from a rung record's
+    seconds per epoch and per scoring; None for a record from before they were kept."""
+    times = {int(k): v for k, v in (record.get("stage_seconds") or {}).items()}
+    return full_seconds(times, parse_schedule(final_schedule)) / 60 if times else None
+
+
+class Claims:
+    """Claims on rung runs, one trial each in the side study `<study>.rung2-claims` (user attr `key`: trial and
+    setting id; `worker`: host:pid). Trial numbers are handed out atomically by every storage, so all processes
+    agree on which claim of a run is the lowest-numbered; the lowest one that is not FAIL wins, a COMPLETE one means
+    the run is done, and a claim of a process on this host that died is failed first."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = optuna.create_study(study_name=study.study_name + CLAIMS_SUFFIX, storage=study._storage,
+                                         load_if_exists=True)
+        self.storage = self.study._storage
+
+    def _of(self, key: str) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("key") == key]
+
+    def take(self, key: str) -> int | None:
+        """The id of this process's claim on run `key` when it is ours to train, else None (done, or another
+        live process holds it)."""
+        for t in self._of(key):
+            if t.state in (TrialState.WAITING, TrialState.RUNNING) and gone(t):
+                self.release(t._trial_id, TrialState.FAIL)
+        mine = self.storage.create_new_trial(self.study._study_id, template_trial=optuna.trial.create_trial(
+            state=TrialState.WAITING, user_attrs={"key": key, **this_worker()}))
+        rivals = [t for t in self._of(key) if t.state != TrialState.FAIL]
+        if min(rivals, key=lambda t: t.number)._trial_id != mine:
+            self.release(mine, TrialState.FAIL)
+            return None
+        self.storage.set_trial_state_values(mine, TrialState.RUNNING)
+        return mine
+
+    def release(self, claim: int, state: TrialState, value: float | None = None) -> None:
+        try:
+            self.storage.set_trial_state_values(claim, state, None if value is None else [value])
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process failed it as a dead worker's
+            pass
+
+    def held(self, keys: list[str]) -> list[str]:
+        """The keys that another process holds a live claim on."""
+        return [k for k in keys if any(t.state in (TrialState.WAITING, TrialState.RUNNING) and not gone(t)
+                                       for t in self._of(k))]
 
 
 def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tuple[Split, Split]],
-             device: torch.device, say: Callable[[str], None] = print) -> float:
-    """Train the promoted trials that have no record at `setting`, recording each as soon as it is done; clears
-    the pending mark at the end. Returns the seconds spent training."""
-    study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+             device: torch.device, final_schedule: str, say: Callable[[str], None] = print) -> float:
+    """Train the promoted trials whose run at `setting` is not done and not held by another process, recording
+    each as soon as it is done (with its predicted `train.final` minutes at `final_schedule`; a NaN loss or an
+    out-of-memory as a failed attempt). Once every promoted run is done, `setting` becomes the study's rung
+    setting and the pending mark is cleared. Returns the seconds spent training."""
     study.set_user_attr(PENDING_ATTR, dataclasses.asdict(setting))
-    done, spent = rung_records(study, setting), 0.0
-    for trial in promoted(study, setting.k):
-        if trial.number in done:
-            say(f"rung 2: trial {trial.number} already trained at this setting (F {done[trial.number]['f']:.4f})")
+    claims, spent, ref = Claims(study), 0.0, reference(study)
+    runs = promoted(study, setting.k)
+    for trial in runs:
+        key, is_ref = f"{RUNG_ATTR}:{trial.number}:{setting.id}", ref is not None and trial.number == ref.number
+        if trial.number in finished(study, setting):
+            say(f"rung 2: trial {trial.number} already done at this setting")
             continue
-        found = train_at(trial, splits, setting.schedule, setting.seed, device, desc=f"rung 2 #{trial.number}")
-        record = {"f": found[setting.signal], **found, "proxy_f": trial.value, **dataclasses.asdict(setting)}
-        study.set_user_attr(f"{RUNG_ATTR}:{trial.number}:{setting.id}", record)
+        claim = claims.take(key)
+        if claim is None:
+            say(f"rung 2: trial {trial.number} is done or being trained by another process: skipped here")
+            continue
+        try:
+            found = train_at(trial, splits, setting.schedule, setting.seed, device, desc=f"rung 2 #{trial.number}")
+        except FAILURES as e:
+            attempts = _records(study, setting).get(trial.number, {}).get("attempts", 0) + 1
+            study.set_user_attr(key, {"failed": f"{type(e).__name__}: {e}"[:300], "attempts": attempts,
+                                      "proxy_f": trial.value, **dataclasses.asdict(setting)})
+            claims.release(claim, TrialState.FAIL)
+            say(f"rung 2: trial {trial.number} failed ({type(e).__name__}: {e}); attempt {attempts} of "
+                f"{MAX_ATTEMPTS}" + (", retried by the next run" if attempts < MAX_ATTEMPTS else ", left out"))
+            continue
+        except BaseException:
+            claims.release(claim, TrialState.FAIL)  # interrupted: a later run claims it again
+            raise
+        record = {"f": found[setting.signal], **found, "proxy_f": trial.value, **dataclasses.asdict(setting),
+                  "reference": is_ref, "final_schedule": final_schedule,
+                  "final_minutes": final_minutes(found, final_schedule)}
+        study.set_user_attr(key, record)
+        claims.release(claim, TrialState.COMPLETE, record["f"])
         spent += found["seconds"]
-        say(f"rung 2: trial {trial.number}: proxy F {trial.value:.4f} -> rung-2 F {record['f']:.4f} "
-            f"({found['seconds']:.0f} s)")
-    study.set_user_attr(PENDING_ATTR, None)
+        say(f"rung 2: trial {name_of(trial)}{' (the reference)' if is_ref else ''}: proxy F {trial.value:.4f} -> "
+            f"rung-2 F {record['f']:.4f} ({found['seconds']:.0f} s; train.final predicted "
+            f"{record['final_minutes'] or float('nan'):.0f} min at {final_schedule})")
+    todo = [t.number for t in runs if t.number not in finished(study, setting)]
+    held = claims.held([f"{RUNG_ATTR}:{n}:{setting.id}" for n in todo])
+    if not todo:
+        study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+        study.set_user_attr(PENDING_ATTR, None)
+    elif held:
+        say(f"rung 2: {', '.join(k.split(':')[1] for k in held)} still trained by another process, which finishes "
+            f"the rung")
+    else:
+        say(f"rung 2: {', '.join(f'#{n}' for n in todo)} to be tried again: run the same command once more")
     return spent

@@ -51,8 +51,13 @@ def open_storage(spec: str, *, heartbeat: float | None = HEARTBEAT_S,
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+CLAIMS_SUFFIX = ".rung2-claims"  # a study's side study of second-rung claims (search.rung.Claims): not a search
+
+
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    """The searches a storage holds (side studies of claims left out)."""
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                  if not s.study_name.endswith(CLAIMS_SUFFIX))
 
 
 def require_study(storage: optuna.storages.BaseStorage, name: str) -> None:

@@ -1,5 +1,6 @@
-"""What several search workers (processes, machines) need from each other: their own sampler seeds, one shared
-trial budget, and the RUNNING trials of workers that died on a journal file (which has no heartbeat).
+"""What several search workers (processes, machines) need from each other: one shared trial budget, and the RUNNING
+trials of workers that died on a journal file (which has no heartbeat). Their proposals never repeat each other:
+each trial's is drawn with a seed from `--seed` and its own number (`space.sample.InCapSampler`).
 
 A worker is `host:pid`, recorded as the trial's user attr `worker` before anything else the trial does, with the
 process's start time (user attr `worker_started`, Linux) so that a reused pid is not taken for the dead worker.
@@ -12,24 +13,10 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 MAX_RETRY = 1  # as the RDB heartbeat's RetryHeartbeatStaleTrialCallback(max_retry=1) in search.storage
-
-
-def worker_seed(seed: int, first_trial: int) -> int:
-    """A worker's sampler seed, from `--seed` and the number of the first trial it takes: workers started together
-    (the same seed, the same stored trials) take different trials, so they never sample the same stream, and the
-    same worker of the same study gets the same seed again."""
-    return int(np.random.SeedSequence([seed, first_trial]).generate_state(1)[0])
-
-
-def start_seed(seed: int, stored: int, index: int) -> int:
-    """The seed a worker samples with before its first trial (a resumed TPE study's first relative sample): from
-    `--seed`, the trials stored when it started and its index among the processes of one invocation."""
-    return int(np.random.SeedSequence([seed, stored, index]).generate_state(1)[0])
 
 
 def process_start(pid: int) -> str | None:
@@ -58,6 +45,13 @@ def _alive(pid: int, started: str | None) -> bool:
     except PermissionError:  # another user's process: it exists
         pass
     return started is None or process_start(pid) in (None, started)
+
+
+def gone(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's recorded worker was a process on this host that no longer runs (False where nothing here
+    can tell: no record, or another host)."""
+    name, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+    return name == socket.gethostname() and pid.isdigit() and not _alive(int(pid), t.user_attrs.get("worker_started"))
 
 
 def fail_dead_trials(study: optuna.Study) -> list[str]:

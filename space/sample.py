@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
 
-from space.budget import count_params, utilisation
+from space.budget import count_flops, count_params, utilisation
 from space.config import BUDGET, ArchConfig, LossConfig, StageConfig, TrainConfig
 from space.network import make_divisible
 
@@ -27,6 +30,7 @@ BISECT_STEPS = 18
 # with: replay fills them in for a trial whose params lack them (its network is the same as before)
 ADDED_PARAMS = {"decoder_cbam": False}
 PROBE_TRIALS = 64  # random samples that find every parameter of the (conditional) space; a test checks it
+MAX_DRAWS = 2000  # proposals a trial may draw before InCapSampler gives up (a cap no network of the space meets)
 
 
 class SpaceError(ValueError):
@@ -222,6 +226,68 @@ def recipe_params(params: dict) -> dict:
     sample_loss(fixed)
     sample_train(fixed)
     return dict(fixed.params)
+
+
+def replay_params(params: dict) -> tuple[ArchConfig, LossConfig, TrainConfig]:
+    """The configs of a params dict (parameters added to the space since it was written take their old value)."""
+    return sample_config(optuna.trial.FixedTrial({**ADDED_PARAMS, **params}))
+
+
+class InCapSampler(optuna.samplers.BaseSampler):
+    """Hands every new trial a whole proposal drawn before the trial takes it, redrawn while its network costs more
+    than `max_flops` at `size` px: as the parameter budget, the FLOPs cap is met by the space's sampling, so no
+    trial exists for a network over it and every trial trains (a trial pruned before training gives TPE nothing to
+    learn from).
+
+    Each proposal is drawn by a fresh `make_base(seed)` sampler (TPE, random) on an in-memory copy of the study's
+    trials (the RUNNING ones included, for TPE's constant liar), the rejected draws failed in the copy only. The
+    seed comes from `seed` and the trial's number, so parallel workers never share a stream and a study replays.
+    Enqueued trials (the portfolio, retries) keep their own params. `max_flops=None`: no cap, the same seeding.
+    """
+
+    def __init__(self, make_base: Callable[[int], optuna.samplers.BaseSampler], seed: int,
+                 max_flops: float | None = None, size: int = 64, max_draws: int = MAX_DRAWS):
+        self.make_base, self.seed, self.max_flops, self.size = make_base, seed, max_flops, size
+        self.max_draws = max_draws
+        self.last_redrawn = 0  # draws over the cap before the last proposal (never trials)
+        self._proposal: dict = {}
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.last_redrawn = 0
+        self._proposal = {} if "fixed_params" in trial.system_attrs else self.propose(study, trial.number)
+
+    def propose(self, study: optuna.Study, number: int) -> dict:
+        """The params of trial `number`: the first draw of its seeded sampler whose network is within the cap."""
+        seed = int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0])
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            scratch = optuna.create_study(directions=study.directions, sampler=self.make_base(seed))
+            scratch.add_trials(t for t in study.get_trials(deepcopy=False)
+                               if t.number != number and t.state != TrialState.WAITING)
+            for _ in range(self.max_draws):
+                draw = scratch.ask()
+                arch = sample_config(draw)[0]
+                if self.max_flops is None or count_flops(arch, self.size) <= self.max_flops:
+                    return dict(draw.params)
+                scratch.tell(draw, state=TrialState.FAIL)
+                self.last_redrawn += 1
+        finally:
+            optuna.logging.set_verbosity(level)
+        raise SpaceError(f"no network of the space within the FLOPs cap ({self.max_flops / 1e6:.0f} MFLOPs at "
+                         f"{self.size} px) in {self.max_draws} draws: raise --flops-cap or change --fix")
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, name: str, distribution: BaseDistribution):
+        if name not in self._proposal:  # an enqueued trial's params that its enqueue left out: the base decides
+            seed = int(np.random.SeedSequence([self.seed, trial.number, 1]).generate_state(1)[0])
+            return self.make_base(seed).sample_independent(study, trial, name, distribution)
+        return self._proposal[name]
 
 
 def replay(trial: optuna.trial.FrozenTrial, overrides: dict | None = None

@@ -125,6 +125,11 @@ def test_interrupted_final_resumes_from_its_checkpoint(searched, tiny_data):
     (["--preset", "dw_unet", "--set", "foo=1"], "--set foo: not a parameter of this trial"),
     (["--preset", "dw_unet", "--set", "loss_lovasz=0.7"], "0.7' not in (0.0, 0.25, 0.5)"),
     (["--preset", "dw_unet", "--set", "lr_adamw"], "expected NAME=VALUE"),
+    (["--preset", "dw_unet", "--size", "40000:1"], "--size 40000:1: schedule '40000:1': every size must be 32..1024"),
+    (["--preset", "dw_unet", "--size", "99999999999999999999:1"], "every size must be 32..1024 px"),
+    (["--preset", "dw_unet", "--size", "128:5,64:5"], "--size 128:5,64:5: schedule '128:5,64:5': sizes must not "
+                                                      "decrease"),
+    (["--preset", "dw_unet", "--size", "64", "--epochs", "99999999999999999999"], "1..1000 epochs"),
 ])
 def test_bad_choices_are_named(searched, tiny_data, args, message):
     work, storage = searched

@@ -10,7 +10,6 @@ import subprocess
 import optuna
 from conftest import run_cli
 
-import search.run as run_mod
 from search.storage import open_storage
 from space.sample import sample_config
 
@@ -25,22 +24,13 @@ def _load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="t", storage=open_storage(storage, heartbeat=None))
 
 
-def test_worker_seeds_differ_between_workers_and_repeat_for_the_same_worker():
-    """The derivation alone: two workers started together (the same --seed and the same stored trials) take
-    different first trials, so they sample with different seeds; the same worker gets the same seed again."""
-    a, b = run_mod.worker_seed(0, first_trial=3), run_mod.worker_seed(0, first_trial=4)
-    assert a != b and a == run_mod.worker_seed(0, first_trial=3)
-    assert run_mod.worker_seed(1, first_trial=3) not in (a, b)
-    assert all(0 <= s < 2**32 for s in (a, b))
-
-
 def test_two_random_workers_on_a_journal_never_sample_the_same_params(tiny_data, tmp_path):
     storage = str(tmp_path / "study.journal")
     res = run_cli(*_args(tiny_data, storage, tmp_path / "art", 9, "--workers", "2", "--sampler", "random",
                          "--flops-cap", "0"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    searched = [t for t in _load(storage).trials if "preset" not in t.user_attrs]
-    assert len(searched) == 6
+    searched = [t for t in _load(storage).trials if "portfolio" not in t.user_attrs]
+    assert len(searched) == 5
     keys = [json.dumps(t.params, sort_keys=True) for t in searched]
     assert len(set(keys)) == len(keys), "two workers sampled identical params"
 

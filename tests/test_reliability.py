@@ -250,3 +250,129 @@ def test_bad_input_one_line_exit_2_nothing_written(tiny_data, tmp_path, build, m
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert snapshot(tmp_path, tiny_data) == before, "a failed command wrote or changed files"
+
+
+# --- issue 28: the rung, the workers and the command lines -----------------------------------------------------------
+
+def _rung_study(tiny_data: Path, tmp_path: Path, storage: str) -> list[str]:
+    """A study whose proxy phase is over (the portfolio's four entries, complete), and the command that runs its
+    second rung at 32 px."""
+    argv = ["--data", str(tiny_data), "--storage", storage, "--study", "r", "--artifact-dir", str(tmp_path / "art"),
+            "--proxy-size", "32", "--proxy-epochs", "1", "--subset", "1", "--pruner", "none", "--device", "cpu",
+            "--flops-cap", "0"]
+    res = run_cli("search.run", "--trials", "4", "--rung", "0", *argv, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [*argv, "--rung", "3", "--rung-size", "32:2"]
+
+
+def test_a_failed_rung_run_is_recorded_retried_once_and_the_study_goes_on(tiny_data, tmp_path, monkeypatch):
+    import search.run as run_mod
+    import search.rung as rung_mod
+    from train.loop import NonFiniteLoss
+
+    storage = str(tmp_path / "s.journal")
+    argv = ["--trials", "1", *_rung_study(tiny_data, tmp_path, storage)]
+    real, calls = rung_mod.train_at, []
+
+    def nan_for_the_first(trial, *args, **kwargs):
+        calls.append(trial.number)
+        if trial.number == first:
+            raise NonFiniteLoss("loss became nan at epoch 1")
+        return real(trial, *args, **kwargs)
+
+    study = load(storage, "r")
+    first = max(study.trials, key=lambda t: t.value).number  # the proxy's best: the first rung run
+    monkeypatch.setattr(rung_mod, "train_at", nan_for_the_first)
+    assert run_mod.main(argv) == 0  # no traceback: the failure is recorded and the other runs go on
+    study = load(storage, "r")
+    setting = rung_mod.RungSetting(3, "32:2", 1.0, "mean_last2_f", 0)
+    failed = study.user_attrs[f"{rung_mod.RUNG_ATTR}:{first}:{setting.id}"]
+    assert failed["attempts"] == 1 and "NonFiniteLoss" in failed["failed"]
+    assert len(calls) == 3 and len(rung_mod.rung_records(study)) == 2  # the other runs went on
+    assert study.user_attrs[rung_mod.PENDING_ATTR] is not None  # to be tried once more
+    n_trials = len(study.trials)
+    calls.clear()
+    assert run_mod.main(argv) == 0  # the next run retries it, without proxy trials; it fails again
+    study = load(storage, "r")
+    assert calls == [first] and len(study.trials) == n_trials
+    assert study.user_attrs[rung_mod.PENDING_ATTR] is None  # tried twice: left out, the rung is finished
+    assert first not in rung_mod.rung_records(study) and rung_mod.current_setting(study) == setting
+    calls.clear()
+    study.set_user_attr(rung_mod.PENDING_ATTR, {"k": 3, "schedule": "32:4", "subset": 1.0, "signal": "mean_last2_f",
+                                                "seed": 0})  # a rung that would crash on every run
+    assert run_mod.main([*argv[:-4], "--rung", "0"]) == 0  # --rung 0 leaves it and the search goes on
+    study = load(storage, "r")
+    assert study.user_attrs[rung_mod.PENDING_ATTR] is None and len(study.trials) == n_trials + 1 and not calls
+
+
+def test_two_processes_on_one_journal_train_each_rung_run_once(tiny_data, tmp_path):
+    import search.rung as rung_mod
+
+    storage = str(tmp_path / "s.journal")
+    argv = _rung_study(tiny_data, tmp_path, storage)
+    study = load(storage, "r")
+    setting = rung_mod.RungSetting(3, "32:2", 1.0, "mean_last2_f", 0)
+    study.set_user_attr(rung_mod.PENDING_ATTR, {"k": 3, "schedule": "32:2", "subset": 1.0, "signal": "mean_last2_f",
+                                                "seed": 0})  # both commands start by finishing this rung
+    procs = [subprocess.Popen([sys.executable, "-m", "search.run", "--trials", "1", *argv], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    trained = [line for out, _ in outs for line in out.splitlines()
+               if line.startswith("rung 2: trial") and "-> rung-2 F" in line]
+    study = load(storage, "r")
+    records = rung_mod.rung_records(study, setting)
+    assert len(records) == len(trained) == len(rung_mod.promoted(study, 3)), trained  # each run once, all runs
+    assert study.user_attrs[rung_mod.PENDING_ATTR] is None
+    assert rung_mod.current_setting(study) == setting
+
+
+def test_an_interrupted_new_rung_does_not_hide_a_finished_one(tmp_path, capsys):
+    import dataclasses
+
+    import search.rung as rung_mod
+    from space.portfolio import R85
+    from space.presets import PRESETS
+    from space.sample import sample_config
+    from train.final import choose_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    study = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    for proxy in (0.6, 0.5):
+        study.enqueue_trial({**PRESETS["dw_unet"], **R85})
+        trial = study.ask()
+        sample_config(trial)
+        study.tell(trial, proxy)
+    done, new = rung_mod.RungSetting(2, "32:2", 1.0, "last_f", 0), rung_mod.RungSetting(2, "32:4", 1.0, "last_f", 0)
+    study.set_user_attr(rung_mod.SETTING_ATTR, dataclasses.asdict(done))
+    for number, f in ((0, 0.70), (1, 0.75)):
+        study.set_user_attr(f"{rung_mod.RUNG_ATTR}:{number}:{done.id}", {"f": f, "proxy_f": 0.5})
+    study.set_user_attr(rung_mod.PENDING_ATTR, dataclasses.asdict(new))  # re-run at another setting, interrupted
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 1 and "the second rung (32 px x 2 epochs" in chosen.decided_by  # not the proxy
+    out = capsys.readouterr().out
+    assert "the second rung at 32 px x 4 epochs on 100% of train, last_f is unfinished (2 runs to go: #0, #1" in out
+    assert "choosing by the last finished rung, at 32 px x 2 epochs" in out
+    # a first rung, partly finished: used, and said so
+    study.set_user_attr(rung_mod.SETTING_ATTR, None)
+    study.set_user_attr(f"{rung_mod.RUNG_ATTR}:0:{new.id}", {"f": 0.71, "proxy_f": 0.6})
+    assert choose_trial(storage, "r", None).trial.number == 0
+    assert "(1 runs to go: #1;" in capsys.readouterr().out
+
+
+def test_sigterm_stops_the_workers_too(tiny_data, tmp_path):
+    storage = str(tmp_path / "s.journal")
+    proc = subprocess.Popen(search_cmd(tiny_data, storage, "t", 20, tmp_path / "art") + ["--workers", "2"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_mid_trial(storage, "t")
+    children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(children) >= 2, children  # the two workers (and the resource tracker)
+    proc.send_signal(signal.SIGTERM)  # what timeout and batch schedulers send
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "the workers are stopped" in err, err[-2000:]
+    deadline = time.time() + 20
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.2)
+    alive = [c for c in children if Path(f"/proc/{c}").exists() and "zombie" not in
+             Path(f"/proc/{c}/status").read_text().lower()]
+    assert not alive, f"worker processes {alive} still run after SIGTERM"

@@ -13,6 +13,7 @@ import search.run as run_mod
 import search.rung as rung_mod
 from search.rung import PENDING_ATTR, RUNG_ATTR, SETTING_ATTR, RungSetting, rung_records
 from search.storage import open_storage
+from space.portfolio import R85
 from space.presets import PRESETS
 from space.sample import sample_config
 
@@ -41,7 +42,10 @@ def test_the_top_k_are_promoted_and_their_rung_values_land_in_the_study(tiny_dat
         assert record["proxy_f"] == study.trials[number].value and record["schedule"] == "32:2"
     assert study.user_attrs[PENDING_ATTR] is None
     assert "rung 2: the top 2 complete trials at 32 px x 2 epochs on 100% of train" in res.stdout
-    assert "second rung (2 trials): best #" in res.stdout and "s of training (" in res.stdout
+    assert "second rung (2 trials), train.final predicted at 128:24,256:12:" in res.stdout
+    assert "s of training (" in res.stdout and "train.final --study best takes it" in res.stdout
+    for record in records.values():  # each run's seconds per epoch and scoring, and the final it predicts
+        assert set(record["stage_seconds"]) == {"32"} and record["final_minutes"] > 0
 
 
 def test_a_search_killed_in_the_rung_finishes_it_without_retraining_or_adding_trials(tiny_data, tmp_path,
@@ -98,7 +102,95 @@ def test_train_final_study_best_takes_the_best_rung_not_the_best_proxy(tiny_data
 
 @pytest.mark.parametrize("args,message", [(["--rung", "-1"], "--rung must be >= 0"),
                                           (["--rung-size", "128"], "needs a number of epochs"),
+                                          (["--rung-size", "99999999999999999999:1"],
+                                           "--rung-size 99999999999999999999:1: schedule"),
+                                          (["--rung-size", "256:1,128:1"], "sizes must not decrease"),
+                                          (["--proxy-size", "5000"], "--proxy-size must be 32..1024, got 5000"),
+                                          (["--final-minutes", "0"], "--final-minutes must be > 0"),
                                           (["--rung-subset", "0"], "--rung-subset must be in (0, 1]")])
 def test_bad_rung_arguments_are_named(tmp_path, args, message):
     res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def _study_with(entries: list[tuple[str | None, float]], storage=None) -> optuna.Study:
+    """A study of complete trials: (portfolio entry name or None for a searched trial, proxy F) each."""
+    study = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    for name, proxy in entries:
+        study.enqueue_trial({**PRESETS["dw_unet"], **R85}, user_attrs={"portfolio": name} if name else {})
+        trial = study.ask()
+        sample_config(trial)
+        study.tell(trial, proxy)
+    return study
+
+
+def _fake_train_at(calls: list[int], f: dict[int, float]):
+    def train_at(trial, splits, schedule, seed, device, **kwargs):
+        calls.append(trial.number)
+        value = f.get(trial.number, 0.5)
+        return {"last_f": value, "mean_last2_f": value, "neg_loss_sum": -1.0, "seconds": 1.0,
+                "stage_seconds": {"128": {"epoch_s": 10.0, "score_s": 2.0}, "256": {"epoch_s": 40.0, "score_s": 5.0}}}
+    return train_at
+
+
+def test_the_reference_is_trained_at_the_rung_when_it_ranks_below_the_top_k(monkeypatch):
+    study = _study_with([(None, 0.60), ("dw_unet@R85", 0.40), (None, 0.55), ("bisenet_style@R85", 0.30),
+                         (None, 0.50)])
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    setting = RungSetting(2, "128:4,256:2", 1.0, "mean_last2_f", 0)
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lambda line: None)
+    assert calls == [0, 2, 1]  # the top 2, then the best portfolio entry (4th by proxy), not the other entry
+    records = rung_records(study)
+    assert records[1]["reference"] and not records[0]["reference"] and not records[2]["reference"]
+    # train.final's minutes at 128:24,256:12 from the recorded seconds: 24 x 10 + 12 x 40 s of training, and 10
+    # scorings of the EMA and raw weights (every 3rd epoch and the stage ends: 3, 6, ..., 24, 27, 30, 33, 36)
+    evals_128, evals_256 = 8, 4
+    expected = (24 * 10 + 12 * 40 + 2 * (evals_128 * 2 + evals_256 * 5)) / 60
+    assert records[0]["final_minutes"] == pytest.approx(expected)
+
+
+def test_study_best_ships_the_reference_when_it_has_the_best_rung_f(tmp_path):
+    from train.final import choose_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    study = _study_with([(None, 0.60), (None, 0.58), ("dw_unet@R85", 0.40)], storage)
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0)
+    study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+    for number, f in ((0, 0.70), (1, 0.69), (2, 0.72)):
+        study.set_user_attr(f"{RUNG_ATTR}:{number}:{setting.id}", {"f": f, "proxy_f": study.trials[number].value,
+                                                                   "reference": number == 2})
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 2
+    assert ("the reference #2 (dw_unet@R85) won the rung (rung-2 F 0.7200), +0.0200 over the best searched "
+            "network #0 (0.7000)") in chosen.decided_by
+    study.set_user_attr(f"{RUNG_ATTR}:1:{setting.id}", {"f": 0.75, "proxy_f": 0.58, "reference": False})
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 1
+    assert "the rung's pick #1 (searched) (rung-2 F 0.7500) beat the reference #2 (dw_unet@R85) (0.7200) by +0.0300" \
+        in chosen.decided_by
+
+
+def test_final_minutes_leaves_slow_picks_out(tmp_path):
+    study = _study_with([(None, 0.60), ("dw_unet@R85", 0.50)])
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0)
+    study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+    for number, f, minutes in ((0, 0.75, 60.0), (1, 0.70, 30.0)):
+        study.set_user_attr(f"{RUNG_ATTR}:{number}:{setting.id}", {"f": f, "proxy_f": 0.5, "final_minutes": minutes,
+                                                                   "reference": number == 1})
+    assert rung_mod.best_by_rung(study)[0].number == 0  # no limit: the best rung-2 F
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 45.0)
+    assert rung_mod.best_by_rung(study)[0].number == 1  # #0's final is predicted at 60 minutes: left out
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 10.0)
+    assert rung_mod.best_by_rung(study)[0].number == 0  # nothing within 10: the best again, not nothing
+
+
+def test_stage_seconds_from_a_history():
+    from train.loop import stage_seconds
+
+    history = [{"size": 128, "seconds": 12.0, "train_seconds": 10.0, "val_f": 0.1, "val_f_raw": 0.1},
+               {"size": 128, "seconds": 22.0, "train_seconds": 10.0},
+               {"size": 256, "seconds": 70.0, "train_seconds": 40.0, "val_f": 0.2}]
+    times = stage_seconds(history, subset=0.5)  # a run on half of train: an epoch on all of it takes twice as long
+    assert times == {128: {"epoch_s": 20.0, "score_s": 1.0}, 256: {"epoch_s": 80.0, "score_s": 8.0}}
+    assert stage_seconds([{"size": 64, "seconds": 1.0}]) == {}  # a history from before train_seconds was kept

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import search.run as run_mod
 from search.rung import RungSetting
 from search.storage import StorageError, open_storage, pick_trial
 from space.config import BUDGET
+from space.portfolio import PORTFOLIO, R85
+from space.presets import PRESETS
 from train.infer import DEVICE_DEFAULTS
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -37,16 +40,24 @@ def load(storage: str) -> optuna.Study:
 
 def test_three_trial_search_then_resume(tiny_data, tmp_path):
     storage, art = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "art"
-    res = run_cli(*search_args(tiny_data, storage, art, 3, rung=True), cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    # the CPU default runs the second rung on the best three
+    # the CPU default runs the second rung on the best three, at 128:4,256:2 on all of train: its schedule is
+    # checked here and shrunk for the run (tests/test_rung.py trains rungs), its K is the default's
     cpu = DEVICE_DEFAULTS["cpu"]
-    rung = RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
+    defaults = run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu"]))
+    assert (defaults.rung_k, defaults.rung_schedule, defaults.rung_subset) == (3, "128:4,256:2", 1.0)
+    assert defaults.rung() == RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
+    res = run_cli(*search_args(tiny_data, storage, art, 3, "--rung-size", "32:2", rung=True), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rung = RungSetting(3, "32:2", cpu["rung_subset"], cpu["signal"], 0)
     assert f"rung 2: the top 3 complete trials at {rung.describe()}" in res.stdout
     study = load(storage)
-    assert len(study.trials) == 3 and all(t.state in FINISHED for t in study.trials)
-    assert all(t.user_attrs["params"] < BUDGET for t in study.trials)
-    assert {t.user_attrs.get("preset") for t in study.trials} == {"deeplab_lite", "bisenet_style", "dw_unet"}
+    # a new study starts from the portfolio, in its order, at the entries' own recipe (R85): all four entries are
+    # enqueued, three trained (--trials 3), the fourth waits for the next run
+    assert [t.user_attrs.get("portfolio") for t in study.trials] == [e.name for e in PORTFOLIO]
+    assert all(t.state in FINISHED for t in study.trials[:3])
+    assert study.trials[3].state == optuna.trial.TrialState.WAITING
+    assert all({k: t.params[k] for k in R85} == R85 for t in study.trials[:3])
+    assert all(t.user_attrs["params"] < BUDGET for t in study.trials[:3])
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
     for t in complete:
@@ -56,7 +67,7 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
         assert (art / artifacts[0].artifact_id).stat().st_size > 1000
     assert "optuna-dashboard" in res.stdout and "python -m train.final --study best" in res.stdout
     # one plain line per finished trial, although no terminal is attached (output captured)
-    for t in study.trials:
+    for t in study.trials[:3]:
         assert f"trial {t.number} {t.state.name.lower()}" in res.stdout
     assert re.search(r"trial 0 \w+.*: F=[0-9.]+ best=[0-9.na]+ params=1,[0-9,]+ \d+ s", res.stdout)
     # the CPU default signal: a complete trial reports the mean of its last two evaluations
@@ -73,22 +84,60 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     # another ranking signal would mix incomparable values in one study: refused
     res = run_cli(*search_args(tiny_data, storage, art, 1, "--signal", "last_f"), cwd=tmp_path)
     assert res.returncode == 2 and "signal mean_last2_f -> last_f" in res.stderr
+    # so would another seed: the trials and rung runs were seeded from the recorded one (analysis replays them)
+    res = run_cli(*search_args(tiny_data, storage, art, 1, "--seed", "3"), cwd=tmp_path)
+    assert res.returncode == 2 and "seed 0 -> 3" in res.stderr and load(storage).user_attrs["proxy"]["seed"] == 0
 
 
-def test_flops_cap_prunes_costly_trials_before_training(tiny_data, tmp_path):
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    cap = 0.9  # the three presets cost 0.71x, 0.81x and 1x the costliest (dw_unet) at any size
-    res = run_cli(*search_args(tiny_data, storage, tmp_path / "art", 3, "--proxy-epochs", "1", "--flops-cap",
-                               str(cap)), cwd=tmp_path)
+def one_entry_portfolio(tmp_path: Path, name: str = "deeplab_lite") -> Path:
+    path = tmp_path / "portfolio.json"
+    path.write_text(json.dumps([{"name": f"{name}@R85", "params": {**PRESETS[name], **R85}}]))
+    return path
+
+
+def test_no_trial_is_created_over_the_flops_cap_and_every_trial_trains(tiny_data, tmp_path):
+    """Proposals are drawn inside the cap, as inside the parameter budget: --trials N ends with N trials that
+    trained, none stopped before training (random proposals are mostly over 0.9x the costliest preset)."""
+    storage, cap = f"sqlite:///{tmp_path / 's.db'}", 0.9
+    res = run_cli(*search_args(tiny_data, storage, tmp_path / "art", 4, "--proxy-size", "32", "--proxy-epochs", "1",
+                               "--pruner", "none", "--sampler", "random", "--flops-cap", str(cap), "--portfolio",
+                               str(one_entry_portfolio(tmp_path))), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    trials = {t.user_attrs["preset"]: t for t in load(storage).trials}
-    limit = cap * run_mod.preset_flops(64)
-    capped = trials["dw_unet"]
-    assert capped.state == optuna.trial.TrialState.PRUNED and capped.user_attrs["over_flops_cap"]
-    assert capped.user_attrs["flops"] > limit and not capped.intermediate_values  # never trained
-    for name in ("deeplab_lite", "bisenet_style"):
-        assert trials[name].user_attrs["flops"] <= limit and "over_flops_cap" not in trials[name].user_attrs
-        assert trials[name].intermediate_values  # trained and reported
+    trials, limit = load(storage).trials, cap * run_mod.preset_flops(32)
+    assert len(trials) == 4 and trials[0].user_attrs["portfolio"] == "deeplab_lite@R85"
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.intermediate_values, t.number  # all trained
+        assert t.user_attrs["flops"] <= limit and "over_flops_cap" not in t.user_attrs
+    redrawn = sum(t.user_attrs["draws_over_cap"] for t in trials)
+    assert redrawn > 0  # the random sampler did draw networks over the cap: they never became trials
+    assert f"FLOPs cap: {redrawn} of {redrawn + 4} draws were over it and drawn again" in res.stdout
+
+
+def test_in_cap_proposals_are_seeded_by_trial_number_and_stay_within_the_cap():
+    from space.budget import count_flops
+    from space.sample import InCapSampler, sample_config
+
+    def proposals(seed: int, cap: float | None, n: int = 3) -> list[dict]:
+        sampler = InCapSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed, cap, 32)
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            arch = sample_config(trial)[0]
+            assert cap is None or count_flops(arch, 32) <= cap
+            study.tell(trial, 0.0)
+            out.append(dict(trial.params))
+        return out
+
+    cap = 0.9 * run_mod.preset_flops(32)
+    first = proposals(0, cap)
+    assert first == proposals(0, cap)  # a study replays its proposals
+    assert len({json.dumps(p, sort_keys=True) for p in first}) == 3  # each trial number its own stream
+    assert proposals(1, cap) != first
+    # a cap no network meets: one line naming the cap, not an endless loop
+    with pytest.raises(ValueError, match="no network of the space within the FLOPs cap"):
+        InCapSampler(lambda s: optuna.samplers.RandomSampler(seed=s), 0, 1.0, 32, max_draws=5).propose(
+            optuna.create_study(), 0)
 
 
 def test_two_workers_on_a_journal_file(tiny_data, tmp_path):
@@ -131,7 +180,7 @@ def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, mo
     def flaky_fit(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise run_mod.NonFiniteLoss("loss became nan at epoch 1")
+            raise train.loop.NonFiniteLoss("loss became nan at epoch 1")
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train.loop, "fit", flaky_fit)
@@ -145,27 +194,29 @@ def test_a_trial_that_raises_is_failed_and_the_next_runs(tiny_data, tmp_path, mo
     assert trials[1].state == optuna.trial.TrialState.COMPLETE
 
 
-def test_presets_enqueued_by_concurrent_processes_are_deduplicated(tmp_path):
-    """Optuna's skip_if_exists races across processes; enqueue_presets drops the duplicates it finds."""
+def test_portfolio_enqueued_by_concurrent_processes_is_deduplicated(tmp_path):
+    """Optuna's skip_if_exists races across processes; enqueue_portfolio drops the duplicates it finds."""
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
     study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
-    for name, params in run_mod.PRESETS.items():  # a second process's enqueue, interleaved before the check
-        study.enqueue_trial(params, user_attrs={"preset": name})
-    first = study.ask()  # a worker already claimed the first preset: it must stay untouched
-    study.enqueue_trial(run_mod.PRESETS["deeplab_lite"], user_attrs={"preset": "deeplab_lite"})  # a third one
-    dropped = run_mod.enqueue_presets(study, storage)
+    entries = PORTFOLIO[:3]
+    for e in entries:  # a second process's enqueue, interleaved before the check
+        study.enqueue_trial(e.params, user_attrs={"portfolio": e.name})
+    first = study.ask()  # a worker already claimed the first entry: it must stay untouched
+    study.enqueue_trial(entries[1].params, user_attrs={"portfolio": entries[1].name})  # a third one
+    dropped = run_mod.enqueue_portfolio(study, storage, entries)
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
-    assert sorted(t.user_attrs["preset"] for t in waiting) == sorted(n for n in run_mod.PRESETS if n != "deeplab_lite")
+    assert sorted(t.user_attrs["portfolio"] for t in waiting) == sorted(e.name for e in entries[1:])
     assert trials[first.number].state == optuna.trial.TrialState.RUNNING
     assert dropped and all(trials[n].state == optuna.trial.TrialState.FAIL for n in dropped)
     kept = {t.number for t in trials if t.number not in dropped}
     assert {trials[n].user_attrs["duplicate_of"] for n in dropped} <= kept
-    assert len(dropped) == 1 and len(trials) == 4  # only the extra deeplab_lite; the rest skipped as existing
-    # a retry of a killed preset trial keeps its preset name and must survive
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs={"preset": "dw_unet"},
+    assert len(dropped) == 1 and len(trials) == 4  # only the extra entry; the rest skipped as existing
+    # a retry of a killed entry's trial keeps its name and must survive
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
+                                              user_attrs={"portfolio": entries[2].name},
                                               system_attrs={"failed_trial": 0}))
-    assert run_mod.enqueue_presets(study, storage) == []
+    assert run_mod.enqueue_portfolio(study, storage, entries) == []
     assert study.get_trials(deepcopy=False)[-1].state == optuna.trial.TrialState.WAITING
     # a duplicate that another process dropped between our read and our claim is skipped, not an error
     dup = study.get_trials(deepcopy=False)[3]
@@ -207,7 +258,7 @@ def test_fixed_params_hold_in_every_trial_and_train_final_replays_them(tiny_data
     assert res.returncode == 0, res.stderr[-3000:]
     study = load(storage)
     assert study.user_attrs["fixed"] == RECIPE
-    for t in study.trials:  # the presets take the fixed values too
+    for t in study.trials:  # the portfolio's entries take the fixed values too
         assert {k: t.params[k] for k in RECIPE} == RECIPE, t.number
     # train.final replays a trial's fixed params exactly
     out = tmp_path / "final"

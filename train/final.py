@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import zipfile
@@ -21,7 +22,7 @@ import optuna
 import torch
 
 from search.records import recipe_and_architecture
-from search.rung import SETTING_ATTR, RungSetting, best_by_rung, rung_records
+from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
 from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig
@@ -77,13 +78,16 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     data = loaded.user_attrs.get("data")
     if number is not None:
         return Chosen(study, pick_trial(loaded, number), data, "--trial")
+    note = unfinished_note(loaded)
+    if note:
+        print(f"note: {note}", flush=True)
     by_rung = best_by_rung(loaded)
     if by_rung is None:
         return Chosen(study, pick_trial(loaded, None), data, "the proxy (best proxy F; no second rung recorded)")
     trial, record = by_rung
-    setting = RungSetting(**loaded.user_attrs[SETTING_ATTR])
+    setting = current_setting(loaded)
     return Chosen(study, trial, data, f"the second rung ({setting.describe()}): rung-2 F {record['f']:.4f} of "
-                                      f"{len(rung_records(loaded))} promoted trials")
+                                      f"{len(rung_records(loaded))} promoted trials; {verdict(loaded)}")
 
 
 def choose_data(given: Path | None, chosen: Chosen) -> Path:
@@ -156,6 +160,19 @@ def export_checkpoint(model: torch.nn.Module, arch: ArchConfig, size: int, path:
     return params
 
 
+def strict_json(record: dict) -> str:
+    """`record` as strict JSON: a NaN or infinite figure (one not measured) is written as null, never as NaN."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(record), indent=1, allow_nan=False)
+
+
 def write_history(history: list[dict], path: Path) -> None:
     """The per-epoch history (loss, lr, seconds, images/s, val F where evaluated) as CSV, replaced atomically."""
     import pandas as pd
@@ -184,6 +201,10 @@ def _curve(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _f(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
 def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, scorer: Scorer, result: FitResult,
                  args: argparse.Namespace, schedule: tuple[Stage, ...], tta_f: float) -> None:
     _curve(result.history, out / "training_curve.png")
@@ -196,7 +217,7 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
   trial: {'n/a' if chosen.trial.value is None else f"{chosen.trial.value:.4f}"}
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
-- levers on the same weights: {"EMA off" if not args.ema else f"EMA {args.ema} (raw weights: {result.raw_f:.4f})"};
+- levers on the same weights: {"EMA off" if not args.ema else f"EMA {args.ema} (raw weights: {_f(result.raw_f)})"};
   with flip TTA at prediction: {tta_f:.4f} (test masks written {"with" if args.flip_tta else "without"} it)
 
 ## Architecture
@@ -224,8 +245,7 @@ def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dic
             "complete": states.count(optuna.trial.TrialState.COMPLETE),
             "pruned": states.count(optuna.trial.TrialState.PRUNED), "proxy": study.user_attrs.get("proxy"),
             "fixed": study.user_attrs.get("fixed"), "proxy_f": chosen.trial.value, "decided_by": chosen.decided_by,
-            "rung": RungSetting(**study.user_attrs[SETTING_ATTR]).describe() if study.user_attrs.get(SETTING_ATTR)
-            else None,
+            "rung": current_setting(study).describe() if current_setting(study) else None, "verdict": verdict(study),
             "recipe_vs_architecture": [list(row) for row in recipe_and_architecture(study)]}
 
 
@@ -376,9 +396,9 @@ def run(args: argparse.Namespace) -> Path:
     write_report(out, chosen, arch, params, scorer, result, args, schedule, tta_f)
     n_test = predict_test(model, data, size, device, out / "masks", args.flip_tta)
     write_solution(out / "solution", ckpt)
-    print(f"val F-measure {scorer.f_measure:.4f} (raw weights {result.raw_f:.4f}, flip TTA {tta_f:.4f}); "
+    print(f"val F-measure {scorer.f_measure:.4f} (raw weights {_f(result.raw_f)}, flip TTA {tta_f:.4f}); "
           f"report {out / 'report.md'}")
-    (out / "final.json").write_text(json.dumps({
+    (out / "final.json").write_text(strict_json({
         "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
         "schedule": format_schedule(schedule), "seed": args.seed, "val_f": scorer.f_measure,
         "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
@@ -386,7 +406,7 @@ def run(args: argparse.Namespace) -> Path:
         "flops": count_flops(arch, size), "arch": arch.to_dict(), "loss": loss_cfg.to_dict(),
         "train": train_cfg.to_dict(), "ema": args.ema, "flip_tta": args.flip_tta, "include_val": args.include_val,
         "train_images": len(splits[size][0]), "val_images": len(scorer.scores), "miou": scorer.miou(),
-        "per_class": scorer.per_class_rows(), "found_by": found_by(chosen, storage)}, indent=1))
+        "per_class": scorer.per_class_rows(), "found_by": found_by(chosen, storage)}))
     try:
         write_pdf(out)
     except ReportError as e:

@@ -388,7 +388,8 @@ def fit(model: nn.Module, splits: Mapping[int, tuple[Split, Split]], loss_cfg: L
             epoch_s = time.perf_counter() - t0
             t_train, n_images = t_train + epoch_s, n_images + seen
             record = {"epoch": epoch, "size": stage.size, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
-                      "seconds": time.perf_counter() - t_start, "images_per_s": seen / epoch_s}
+                      "seconds": time.perf_counter() - t_start, "images_per_s": seen / epoch_s,
+                      "train_seconds": epoch_s}
             if epoch % eval_every == 0 or epoch in ends:
                 _score(run, val, val_targets, record, result)
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", F=f"{result.best_f:.3f}")
@@ -421,7 +422,11 @@ def fit_new(arch: ArchConfig, splits: Mapping[int, tuple[Split, Split]], loss_cf
     model = build_model(arch)
     if state is not None and state["epoch"] >= total_epochs(schedule):
         model.load_state_dict(state["ema"]["module"] if state.get("ema") is not None else state["model"])
-        return model, FitResult(history=list(state["history"]), epochs_run=state["epoch"])
+        history = list(state["history"])
+        scored = [h for h in history if "val_f" in h]  # the last scoring, as the finished run recorded it
+        return model, FitResult(history=history, epochs_run=state["epoch"],
+                                final_f=scored[-1]["val_f"] if scored else float("nan"),
+                                raw_f=scored[-1].get("val_f_raw", float("nan")) if scored else float("nan"))
     if state is not None:
         model.load_state_dict(state["model"])
     return model, fit(model, splits, loss_cfg, train_cfg, seed=seed, schedule=schedule, state=state, **fit_kwargs)
@@ -435,3 +440,36 @@ def full_fit(arch: ArchConfig, splits: Mapping[int, tuple[Split, Split]], loss_c
     the same function, so its full F values are what `train.final` would report."""
     return fit_new(arch, splits, loss_cfg, dataclasses.replace(train_cfg, ema=ema), seed=seed, schedule=schedule,
                    eval_every=max(1, total_epochs(schedule) // FULL_EVALS), **fit_kwargs)
+
+
+def stage_seconds(history: list[dict], subset: float = 1.0) -> dict[int, dict[str, float]]:
+    """Per training size of a run's history: the mean seconds of one training epoch on all of train (a run on
+    `subset` of it is scaled up) and of one scoring of val by one set of weights (what a step of the schedule
+    costs: `full_seconds` predicts a whole run from it). Histories from before `train_seconds` was kept give {}."""
+    times: dict[int, dict[str, list[float]]] = {}
+    previous = 0.0
+    for h in history:
+        if "train_seconds" not in h:
+            return {}
+        step, previous = h["seconds"] - previous, h["seconds"]
+        t = times.setdefault(h["size"], {"epoch_s": [], "score_s": []})
+        t["epoch_s"].append(h["train_seconds"] / subset)
+        if "val_f" in h:
+            t["score_s"].append(max(0.0, step - h["train_seconds"]) / (2 if "val_f_raw" in h else 1))
+    return {size: {k: float(np.mean(v)) if v else 0.0 for k, v in t.items()} for size, t in times.items()}
+
+
+def full_seconds(times: dict[int, dict[str, float]], schedule: Sequence[Stage]) -> float:
+    """Predicted seconds of `full_fit` through `schedule` (every epoch's training, and at each evaluation the
+    scoring of the EMA and the raw weights) from `stage_seconds` figures; a size not measured is scaled from the
+    nearest measured one by its pixel count."""
+    every, ends = max(1, total_epochs(schedule) // FULL_EVALS), last_epochs(schedule)
+    total = 0.0
+    for epoch in range(1, total_epochs(schedule) + 1):
+        size = stage_at(schedule, epoch).size
+        near = min(times, key=lambda s: abs(s - size))
+        scale = (size / near) ** 2
+        total += times[near]["epoch_s"] * scale
+        if epoch % every == 0 or epoch in ends:
+            total += 2 * times[near]["score_s"] * scale
+    return total
