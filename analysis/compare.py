@@ -36,10 +36,11 @@ def run_scores(folder: Path, data: Path | None = None) -> tuple[float, list[floa
     if rows is None:  # older runs: score the exported checkpoint again, as train.final did
         if data is None:
             last = folder / "last.pth"
-            if not last.is_file():
-                raise CompareError(f"{folder}: its final.json has no per-class figures and there is no last.pth "
-                                   f"naming its data folder: give --data")
-            data = Path(safe_load(last)["data"])
+            recorded = safe_load(last).get("data") if last.is_file() else None
+            if recorded is None:
+                raise CompareError(f"{folder}: its final.json has no per-class figures and no last.pth names the data "
+                                   f"folder it trained on: give --data ROOT to score it again")
+            data = Path(recorded)
         device = pick_device("cpu")
         model, size = load_checkpoint(folder / "ckpt.pth", device)
         scorer = evaluate(model, load_split(data, "val", size=size, keep_full_masks=True), device)
@@ -93,7 +94,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        groups = dict(parse_group(g) for g in args.runs)
+        parsed = [parse_group(g) for g in args.runs]
+        names = [name for name, _ in parsed]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise CompareError(f"--runs: the group name {', '.join(map(repr, twice))} is given twice; give each group "
+                               f"its own name (or list all its runs after one NAME=)")
+        groups = dict(parsed)
         scores = {name: [run_scores(f, args.data) for f in folders] for name, folders in groups.items()}
     except (ValueError, OSError) as e:  # CompareError, DataError and bad checkpoints are ValueErrors
         print(f"error: {e}", file=sys.stderr)

@@ -357,3 +357,24 @@ def test_compare_scores_a_run_without_per_class_figures_as_prediction_and_the_me
     assert bad.returncode == 2 and f"{tmp_path}: not a finished train.final output folder" in bad.stderr
     bad = run_cli("analysis.compare", "--runs", "nonsense")
     assert bad.returncode == 2 and "expected NAME=RUN" in bad.stderr
+
+
+def test_compare_refuses_a_name_given_twice_and_asks_for_data_when_no_checkpoint_names_it(final_run, tmp_path,
+                                                                                           capsys):
+    import json
+    import shutil
+
+    from analysis.compare import main as compare
+
+    twice = run_cli("analysis.compare", "--runs", f"a={final_run}", "--runs", f"a={final_run}")
+    assert twice.returncode == 2 and "the group name 'a' is given twice" in twice.stderr  # not a silent drop
+    old = tmp_path / "old"  # a run from before final.json held per-class figures and last.pth named its data
+    shutil.copytree(final_run, old)
+    record = json.loads((old / "final.json").read_text())
+    del record["per_class"]
+    (old / "final.json").write_text(json.dumps(record))
+    last = torch.load(old / "last.pth", weights_only=True)
+    del last["data"]
+    torch.save(last, old / "last.pth")
+    assert compare(["--runs", f"old={old}"]) == 2  # was KeyError: 'data'
+    assert "no last.pth names the data folder it trained on: give --data ROOT" in capsys.readouterr().err

@@ -114,3 +114,82 @@ def test_dynamic_export_is_checked_at_other_sizes_and_refused_when_they_differ(f
     err = capsys.readouterr().err
     assert "differs from PyTorch at 49x49 px (90.00% of pixels agree)" in err and "without --dynamic" in err
     assert tried == [49] and not refused.exists() and not refused.with_name("refused.onnx.tmp").exists()
+
+
+def test_rerunning_a_finished_final_keeps_its_record_valid(final_run, tiny_data, tmp_path):
+    """The same command again on a finished run: nothing to train, and final.json stays strict JSON with the raw
+    weights' F the run measured (it was NaN, not JSON), report.md says it too."""
+    import shutil
+
+    out = tmp_path / "final"
+    shutil.copytree(final_run, out)
+    before = json.loads((final_run / "final.json").read_text())
+    res = run_cli("train.final", "--preset", "dw_unet", "--data", str(tiny_data), "--size", "32", "--epochs", "1",
+                  "--device", "cpu", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in final.json")
+
+    after = json.loads((out / "final.json").read_text(), parse_constant=refuse)
+    assert after["val_f_raw"] == before["val_f_raw"] is not None and after["val_f"] == before["val_f"]
+    assert "nan" not in (out / "report.md").read_text().lower()
+
+
+def test_export_input_errors_are_one_line_with_exit_2(final_run, tiny_data, tmp_path, capsys):
+    """What a user gets wrong exits 2 with a line naming it (exit 1 is kept for "disagrees with PyTorch")."""
+    import train.export as export
+
+    weights = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--threads", "1", "--runs", "1"]
+    fixed = tmp_path / "m.onnx"
+    assert export.main([*weights, "--out", str(fixed)]) == 0  # fixed at the checkpoint's 32 px
+    capsys.readouterr()
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    malformed = tmp_path / "malformed.pth"
+    torch.save({"config": {"stages": "no"}, "state_dict": {}, "size": 32}, malformed)
+    for argv, message in [
+        ([*weights, "--check", str(junk)], f"--check {junk}: not an ONNX model onnxruntime can load"),
+        ([*weights, "--images", "0"], "--images must be >= 1, got 0"),
+        ([*weights, "--out", str(tmp_path / "missing" / "m.onnx")], f"folder {tmp_path / 'missing'} does not exist"),
+        ([*weights, "--check", str(fixed), "--size", "64"], f"--size 64: {fixed} takes a fixed 32x32 px input"),
+        (["--weights", str(malformed), "--out", str(tmp_path / "x.onnx")], f"{malformed}: its config does not"),
+    ]:
+        assert export.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert export.main([*weights, "--check", str(fixed)]) == 0  # the same file, checked as it is
+
+
+def test_report_pdf_names_the_studys_own_sampler_and_pruner_and_rounds_the_proxy_f(final_run, tmp_path, monkeypatch):
+    import shutil
+
+    import matplotlib.figure
+
+    import train.report_pdf as report_pdf
+
+    out = tmp_path / "final"
+    shutil.copytree(final_run, out)
+    record = json.loads((out / "final.json").read_text())
+    record["found_by"] = {"kind": "study", "study": "s", "trials": 9, "complete": 5, "pruned": 4,
+                          "proxy": {"size": 64, "epochs": 4, "subset": 0.4, "signal": "mean_last2_f",
+                                    "sampler": "random", "pruner": "median"},
+                          "proxy_f": 0.123456789, "decided_by": "the proxy"}
+    (out / "final.json").write_text(json.dumps(record))
+    legend_sizes = []
+    real_legend = matplotlib.figure.Figure.legend
+
+    def legend(fig, *args, **kwargs):
+        legend_sizes.append(kwargs.get("fontsize"))
+        return real_legend(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "legend", legend)
+    report_pdf.write_pdf(out)
+    text = " ".join(_body(out / "report.pdf")[3].split())
+    assert "random sampler with median pruning over the proxy's epochs" in text and "TPE" not in text
+    assert "proxy F 0.1235)" in text and "0.123456789" not in text
+    assert legend_sizes == [10]  # the curve's legend at the body's 10 pt (the figure is placed at about 1:1)
+    del record["found_by"]["proxy"]["sampler"]  # a study from before it recorded them: said, not guessed
+    (out / "final.json").write_text(json.dumps(record))
+    report_pdf.write_pdf(out)
+    assert "sampler and pruner not recorded" in " ".join(_body(out / "report.pdf")[3].split())

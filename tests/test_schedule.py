@@ -23,8 +23,10 @@ def test_schedules_parse_and_bad_ones_are_named():
     assert [stage_at(SCHEDULE, e).size for e in (1, 2, 3, 4)] == [32, 32, 48, 48]
     for text, epochs, message in [("256", None, "needs a number of epochs"), ("128:x", None, "epochs 'x' is not"),
                                   ("128:4,256", None, "stage '256' lacks its epochs"),
-                                  ("128:4,256:2", 7, "has 6 epochs, but --epochs 7"), ("16:4", None, ">= 32 px"),
-                                  ("64:0", None, ">= 1 epoch")]:
+                                  ("128:4,256:2", 7, "has 6 epochs, but --epochs 7"), ("16:4", None, "32..1024 px"),
+                                  ("64:0", None, "1..1000 epochs"), ("40000:1", None, "32..1024 px"),
+                                  ("99999999999999999999:1", None, "32..1024 px"), ("128", 10**20, "1..1000 epochs"),
+                                  ("128:5,64:5", None, "sizes must not decrease")]:
         with pytest.raises(ScheduleError, match=message):
             parse_schedule(text, epochs)
 

@@ -29,6 +29,7 @@ import torch
 from train.data import DataError, list_split, resolve_data
 from train.imageops import resize_image
 from train.infer import load_checkpoint, load_rgb, pick_device, to_tensor
+from train.schedule import MAX_SIZE, MIN_SIZE
 
 AGREE = 0.999  # share of pixels whose argmax label must match PyTorch's
 LATENCY_SIZE = 512  # the task's resolution
@@ -54,10 +55,16 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path, dynamic: bool = F
 
 
 def onnx_size(path: Path) -> int | None:
-    """The fixed input height of an ONNX file (None when it is dynamic)."""
-    sess = session(path, 1)
-    height = sess.get_inputs()[0].shape[2]
-    return height if isinstance(height, int) else None
+    """The fixed input height of an ONNX file (None when it is dynamic); an ExportError naming a file that
+    onnxruntime cannot load or that is not one of our exports."""
+    try:
+        shape = session(path, 1).get_inputs()[0].shape
+    except Exception as e:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
+        raise ExportError(f"--check {path}: not an ONNX model onnxruntime can load "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    if len(shape) != 4:
+        raise ExportError(f"--check {path}: its input has shape {shape}, expected (1, 3, H, W)")
+    return shape[2] if isinstance(shape[2], int) else None
 
 
 def session(path: Path, threads: int):
@@ -149,13 +156,22 @@ def run(args: argparse.Namespace) -> int:
     for path, what in ((args.weights, "--weights"), (args.check, "--check")):
         if path is not None and not path.is_file():
             raise ExportError(f"{what} {path} does not exist")
+    for value, what in ((args.images, "--images"), (args.threads, "--threads"), (args.runs, "--runs")):
+        if value < 1:
+            raise ExportError(f"{what} must be >= 1, got {value}")
+    if args.size is not None and not MIN_SIZE <= args.size <= MAX_SIZE:
+        raise ExportError(f"--size must be {MIN_SIZE}..{MAX_SIZE} px, got {args.size}")
+    if args.check is None and args.out is not None and not args.out.parent.is_dir():
+        raise ExportError(f"--out {args.out}: folder {args.out.parent} does not exist")
     try:
         model, trained_size = load_checkpoint(args.weights, pick_device("cpu"))
     except ValueError as e:
         raise ExportError(str(e)) from None
-    size = args.size or (args.check and onnx_size(args.check)) or trained_size
-    if size < 32:
-        raise ExportError(f"--size must be >= 32, got {size}")
+    fixed = onnx_size(args.check) if args.check else None
+    if fixed is not None and args.size is not None and args.size != fixed:
+        raise ExportError(f"--size {args.size}: {args.check} takes a fixed {fixed}x{fixed} px input; leave --size out "
+                          f"or give {fixed}")
+    size = args.size or fixed or trained_size
     images = sample_images(args.data, args.images)
     target = args.check or args.out or args.weights.with_name("model.onnx")
     if args.check is None:  # written beside the target, moved into place once it is trusted

@@ -149,7 +149,10 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "size"} <= set(ckpt):
         raise ValueError(f"{path}: not an exported facenas checkpoint (expected keys config, state_dict, size)")
-    model = build_model(ArchConfig.from_dict(ckpt["config"]), ckpt.get("num_classes", 19)).drop_aux()
+    try:
+        model = build_model(ArchConfig.from_dict(ckpt["config"]), ckpt.get("num_classes", 19)).drop_aux()
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: its config does not describe a network of this space ({e})") from None
     params = sum(p.numel() for p in model.parameters())
     if params >= BUDGET:
         raise ValueError(f"{path}: its network has {params:,} parameters; the limit is < {BUDGET:,}")

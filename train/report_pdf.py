@@ -67,11 +67,28 @@ def _curve(history: pd.DataFrame, path: Path) -> Path:
     if "size" in history and history["size"].nunique() > 1:
         for epoch in history["epoch"][history["size"].diff().fillna(0) != 0]:
             ax.axvline(epoch - 0.5, color="grey", linestyle=":", linewidth=1)
-    fig.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.legend(loc="upper center", ncol=2, fontsize=BODY_PT, frameon=False)  # the figure is placed at about 1:1
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
+
+
+SAMPLERS = {"tpe": "TPE sampler", "random": "random sampler"}
+PRUNERS = {"hyperband": "Hyperband pruning over the proxy's epochs", "median": "median pruning over the proxy's epochs",
+           "none": "no pruning"}
+
+
+def search_method(proxy: dict) -> str:
+    """'TPE sampler with Hyperband pruning ...' as the study recorded it (studies from before it was recorded say
+    so rather than guess)."""
+    if "sampler" not in proxy:
+        return "sampler and pruner not recorded by this study"
+    return f"{SAMPLERS.get(proxy['sampler'], proxy['sampler'])} with {PRUNERS.get(proxy['pruner'], proxy['pruner'])}"
+
+
+def _figure(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def stage_rows(arch: dict) -> list[list[str]]:
@@ -111,13 +128,13 @@ def _sections(rec: dict) -> list[tuple[str, list]]:
         how = [f"Hand-designed: the preset '{found['name']}' of the search space, trained as a baseline; no search."]
     else:
         proxy = found.get("proxy") or {}
-        how = [f"Optuna study '{found.get('study')}' (TPE sampler with Hyperband pruning over the proxy's epochs): "
+        how = [f"Optuna study '{found.get('study')}' ({search_method(proxy)}): "
                f"{found.get('trials', '?')} trials, {found.get('complete', '?')} complete, {found.get('pruned', '?')} "
                f"pruned. Each trial sampled an architecture and training settings from a space that never yields a "
                f"network at or over {BUDGET:,} parameters and trained a short proxy: {proxy.get('size', '?')} px, "
                f"{proxy.get('epochs', '?')} epochs on {float(proxy.get('subset', 1)):.0%} of train, ranked by "
                f"{proxy.get('signal', 'last_f')}.",
-               f"Chosen: trial {rec['trial']} (proxy F {found.get('proxy_f', 'n/a')}); decided by "
+               f"Chosen: trial {rec['trial']} (proxy F {_figure(found.get('proxy_f'))}); decided by "
                f"{found.get('decided_by', 'the proxy')}."]
         if found.get("rung"):
             how.append(f"Second rung: {found['rung']}.")

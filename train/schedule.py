@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MIN_SIZE = 32
+MAX_SIZE = 1024  # twice the challenge's 512 px: larger is no lever, and 40000 px runs a machine out of memory
+MAX_EPOCHS = 1000
 
 
 class ScheduleError(ValueError):
@@ -24,8 +26,9 @@ class Stage:
 
 
 def parse_schedule(text: str | int, epochs: int | None = None) -> tuple[Stage, ...]:
-    """'256' (with `epochs`) or 'SIZE:EPOCHS[,SIZE:EPOCHS...]' -> stages. `epochs` beside a full schedule must
-    equal its total (or be None)."""
+    """'256' (with `epochs`) or 'SIZE:EPOCHS[,SIZE:EPOCHS...]' -> stages, sizes MIN_SIZE..MAX_SIZE px that never
+    decrease (the model predicts at the last stage's size), 1..MAX_EPOCHS epochs a stage. `epochs` beside a full
+    schedule must equal its total (or be None)."""
     text = str(text).strip()
     if ":" not in text and "," not in text:
         if epochs is None:
@@ -37,9 +40,12 @@ def parse_schedule(text: str | int, epochs: int | None = None) -> tuple[Stage, .
             raise ScheduleError(f"schedule {text!r} has {total_epochs(stages)} epochs, but --epochs {epochs} was "
                                 f"given: leave --epochs out with a schedule")
     for stage in stages:
-        if stage.size < MIN_SIZE or stage.epochs < 1:
-            raise ScheduleError(f"schedule {format_schedule(stages)!r}: every size must be >= {MIN_SIZE} px and "
-                                f"every stage >= 1 epoch")
+        if not MIN_SIZE <= stage.size <= MAX_SIZE or not 1 <= stage.epochs <= MAX_EPOCHS:
+            raise ScheduleError(f"schedule {format_schedule(stages)!r}: every size must be {MIN_SIZE}..{MAX_SIZE} px "
+                                f"and every stage 1..{MAX_EPOCHS} epochs")
+    if any(b.size < a.size for a, b in zip(stages, stages[1:])):
+        raise ScheduleError(f"schedule {format_schedule(stages)!r}: sizes must not decrease from stage to stage (the "
+                            f"model predicts at the last stage's size)")
     return stages
 
 
@@ -50,14 +56,20 @@ def schedule_from_args(size: str | None, epochs: int | None, default: str) -> tu
     if size is not None:
         if ":" not in size and "," not in size and epochs is None:
             raise ScheduleError(f"--size {size} needs --epochs N (or write a schedule such as {size}:20)")
-        return parse_schedule(size, epochs)
+        try:
+            return parse_schedule(size, epochs)
+        except ScheduleError as e:
+            raise ScheduleError(f"--size {size}{f' --epochs {epochs}' if epochs is not None else ''}: {e}") from None
     stages = parse_schedule(default)
     if epochs is None:
         return stages
     if len(stages) > 1:
         raise ScheduleError(f"--epochs {epochs} without --size: the default is the schedule {default}; give --size "
                             f"SIZE with --epochs, or a schedule such as --size {default}")
-    return parse_schedule(str(stages[0].size), epochs)
+    try:
+        return parse_schedule(str(stages[0].size), epochs)
+    except ScheduleError as e:
+        raise ScheduleError(f"--epochs {epochs}: {e}") from None
 
 
 def _int(value: str, what: str, whole: str) -> int:
