@@ -38,3 +38,28 @@ def test_schedule_benchmark_prices_each_schedule(tiny_data):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "32 px: decode" in res.stdout and "48 px: decode" in res.stdout
     assert "32:1,48:1:" in res.stdout and "min predicted (2 epochs, 2 scorings)" in res.stdout
+
+
+def test_gpu_flow_script_dry_run_writes_every_step(tmp_path):
+    """bench/gpu_flow.sh run OUT --dry-run: the GPU script's own command line and steps, on the CPU at tiny sizes
+    (an argument error must never cost GPU time)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "flow"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(["bash", str(REPO / "bench" / "gpu_flow.sh"), "run", str(out), "--dry-run"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    tier, final, search = (json.loads((out / f"{name}.json").read_text()) for name in ("tier", "final", "search"))
+    assert tier["device"].startswith("cpu") and tier["throughput"][0]["efficiency"] > 0
+    assert 0 <= final["val_f"] <= 1 and 0 <= final["val_f_flip_tta"] <= 1 and final["size"] == 32
+    assert search["trials"] == 3 and search["trials_per_gpu_minute"] > 0 and search["proxy"]["size"] == 32
+    for step in ("tier", "final", "search"):
+        assert f"gpu_flow: {step} done:" in res.stdout
+    bad = subprocess.run(["bash", str(REPO / "bench" / "gpu_flow.sh"), "run", str(out), "--final-minutes", "0"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--final-minutes must be > 0" in bad.stderr
