@@ -42,7 +42,8 @@ def run_scores(folder: Path, data: Path | None = None) -> tuple[float, list[floa
                                    f"folder it trained on: give --data ROOT to score it again")
             data = Path(recorded)
         device = pick_device("cpu")
-        model, size = load_checkpoint(folder / "ckpt.pth", device)
+        model, _ = load_checkpoint(folder / "ckpt.pth", device)  # train.final's val F is at the training size
+        size = int(safe_load(folder / "ckpt.pth")["size"])
         scorer = evaluate(model, load_split(data, "val", size=size, keep_full_masks=True), device)
         rows = scorer.per_class_rows()
         record["val_f"] = scorer.f_measure

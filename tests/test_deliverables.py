@@ -40,6 +40,7 @@ def test_report_pdf_is_a4_five_pages_at_most_in_arial_or_liberation_sans_10pt(fi
                     "Validation results per class", "Training curve"):
         assert heading in text
     assert "Hand-designed" in text and "soft Dice" in text and "32 px x 1 epochs" in text
+    assert "ms per image" in text and all(f"{r['val_f']:.4f}" in text for r in record["predict_settings"])
 
 
 def test_report_pdf_is_rebuilt_from_the_folder_and_refuses_without_a_font(final_run, tmp_path, monkeypatch):

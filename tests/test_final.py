@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from PIL import Image
 from space.config import BUDGET
 from space.presets import PRESETS
 from train.loop import WeightEMA
+from train.scale import Row, candidates, pick
 from train.submission import check_zip
 
 
@@ -53,7 +55,14 @@ def test_end_to_end_submission_and_standalone_runner(searched, tiny_data, tmp_pa
     report = (out / "report.md").read_text()
     assert report.count("val F-measure") == 1 and "EMA 0.99 (raw weights: 0." in report
     assert "with flip TTA at prediction: 0." in report
+    # the prediction setting was chosen on val among the candidates, by the tie rule, and stored in the checkpoint
+    record = json.loads((out / "final.json").read_text())
+    rows = [Row(tuple(r["sizes"]), r["val_f"], r["ms_per_image"]) for r in record["predict_settings"]]
+    assert [r.sizes for r in rows] == candidates(32) and all(r.ms_per_image > 0 for r in rows)
+    assert tuple(record["predict_sizes"]) == pick(rows, (32,))
+    assert "## Prediction setting" in report and "**chosen**" in report
     ckpt = torch.load(out / "ckpt.pth", weights_only=True)
+    assert ckpt["predict_sizes"] == record["predict_sizes"] and ckpt["size"] == 32
     last = torch.load(out / "last.pth", weights_only=True)
     ema = last["ema"]["module"]  # the exported weights are the EMA's, not the last step's
     assert all(torch.equal(v, ema[k]) for k, v in ckpt["state_dict"].items())
@@ -130,6 +139,8 @@ def test_interrupted_final_resumes_from_its_checkpoint(searched, tiny_data):
     (["--preset", "dw_unet", "--size", "128:5,64:5"], "--size 128:5,64:5: schedule '128:5,64:5': sizes must not "
                                                       "decrease"),
     (["--preset", "dw_unet", "--size", "64", "--epochs", "99999999999999999999"], "1..1000 epochs"),
+    (["--preset", "dw_unet", "--predict-sizes", "256+x"], "--predict-sizes '256+x': expected auto, SIZE or SIZE+SIZE"),
+    (["--preset", "dw_unet", "--predict-sizes", "5000"], "with sizes 32..1024 px"),
 ])
 def test_bad_choices_are_named(searched, tiny_data, args, message):
     work, storage = searched

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from space.config import BUDGET
 from train.classes import CLASS_NAMES, PALETTE, colorize
 from train.data import resolve_data
-from train.infer import IMAGE_SUFFIXES, load_checkpoint, pick_device, predict_mask, save_mask
+from train.infer import IMAGE_SUFFIXES, describe_sizes, load_checkpoint, pick_device, predict_mask, save_mask
 from train.visual import overlay
 
 MAX_SIDE = 2048  # larger uploads are resized (with a note) before prediction
@@ -37,7 +37,7 @@ EXAMPLES = 6
 class Loaded:
     name: str
     model: torch.nn.Module
-    size: int
+    sizes: tuple[int, ...]  # the checkpoint's prediction setting (train.infer.prediction_sizes)
     params: int
     summary: str
 
@@ -46,7 +46,7 @@ def load(path: Path, device: torch.device) -> Loaded:
     """A checkpoint of ours under the budget, or a one-line ValueError (refused at start)."""
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
-    model, size = load_checkpoint(path, device)  # refuses code, other files, over-budget networks
+    model, sizes = load_checkpoint(path, device)  # refuses code, other files, over-budget networks
     arch = model.cfg  # the network was built from the checkpoint's config: no second read of the file
     params = sum(p.numel() for p in model.parameters())
     stages = ", ".join(f"{s.depth}x{s.block} w{s.width}" for s in arch.stages)
@@ -54,7 +54,7 @@ def load(path: Path, device: torch.device) -> Loaded:
     summary = (f"stages {stages}; output stride {arch.output_stride}; context {arch.context}; skips "
                f"{skips or 'none'}; decoder w{arch.decoder_width}{' + CBAM' if arch.decoder_cbam else ''}; "
                f"{arch.activation}")
-    return Loaded(f"{path.parent.name}/{path.name}", model, size, params, summary)
+    return Loaded(f"{path.parent.name}/{path.name}", model, sizes, params, summary)
 
 
 def read_upload(path: str | None) -> tuple[np.ndarray | None, str]:
@@ -116,14 +116,15 @@ def build(models: list[Loaded], device: torch.device, data: Path):
         results, masks = [], []
         for i, m in enumerate(models):
             t0 = time.perf_counter()
-            mask = predict_mask(m.model, image, m.size, device, flip_tta=True)
+            mask = predict_mask(m.model, image, m.sizes, device, flip_tta=True)
             ms = (time.perf_counter() - t0) * 1000
             png = out_dir / f"{Path(path).stem}_labels_{i}.png"
             save_mask(mask, png)
             masks.append(mask)
             shown_mask = shown_only(mask, shown)
             info = (f"**{m.name}**: {m.params:,} parameters ({m.params / BUDGET:.1%} of the {BUDGET:,} limit); "
-                    f"trained at {m.size} px; inference {ms:.0f} ms on {device.type} (flip TTA)  \n{m.summary}")
+                    f"predicts at {describe_sizes(m.sizes)}; inference {ms:.0f} ms on {device.type} (flip TTA)  \n"
+                    f"{m.summary}")
             results += [overlay(image, shown_mask), colorize(shown_mask), str(png), info]
         status = f"{image.shape[1]}x{image.shape[0]} image" + (f"; {note}" if note else "")
         return [status, (image, masks)] + results

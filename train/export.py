@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import statistics
 import sys
@@ -28,7 +29,7 @@ import torch
 
 from train.data import DataError, list_split, resolve_data
 from train.imageops import resize_image
-from train.infer import load_checkpoint, load_rgb, pick_device, to_tensor
+from train.infer import MEAN, STD, describe_sizes, load_checkpoint, load_rgb, pick_device, safe_load, to_tensor
 from train.schedule import MAX_SIZE, MIN_SIZE
 
 AGREE = 0.999  # share of pixels whose argmax label must match PyTorch's
@@ -131,7 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, required=True, help="an exported checkpoint (train.final's ckpt.pth)")
     p.add_argument("--out", type=Path, default=None, help="the ONNX file to write (default: beside the checkpoint, "
                                                           "model.onnx)")
-    p.add_argument("--size", type=int, default=None, help="input height and width (default: the checkpoint's size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input height and width (default: the checkpoint's prediction size, chosen on val by "
+                        "train.final; with a two-size setting, the first; MODEL.json beside it gives the setting)")
     p.add_argument("--dynamic", action="store_true",
                    help="variable input height and width, accepted only if the network agrees with PyTorch at other "
                         "sizes too")
@@ -145,6 +148,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="threads for PyTorch and onnxruntime in the latency figures")
     p.add_argument("--runs", type=int, default=10, help="timed runs per runtime (the median is printed)")
     return p.parse_args(argv)
+
+
+def write_setting(target: Path, sizes: tuple[int, ...], graph_size: int | None) -> Path:
+    """MODEL.json beside the ONNX file: how to feed it so that it predicts as the checkpoint does."""
+    path = target.with_suffix(".json")
+    path.write_text(json.dumps({
+        "input": f"image: 1x3xHxW float32, RGB / 255, minus {MEAN}, divided by {STD}",
+        "graph_size": graph_size if graph_size is not None else "dynamic",
+        "predict_sizes": list(sizes),
+        "how": "resize the image to each size, run the graph, upsample the logits bilinearly to the image's size, "
+               "average them over the sizes, argmax (one size: no average)",
+        "flip_tta": "optional: also run the mirrored image, flip its logits back, swap channels 4<->5, 6<->7, 8<->9, "
+                    "average (+0.006 val F measured)"}, indent=1) + "\n")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,14 +181,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check is None and args.out is not None and not args.out.parent.is_dir():
         raise ExportError(f"--out {args.out}: folder {args.out.parent} does not exist")
     try:
-        model, trained_size = load_checkpoint(args.weights, pick_device("cpu"))
+        model, sizes = load_checkpoint(args.weights, pick_device("cpu"))
     except ValueError as e:
         raise ExportError(str(e)) from None
+    trained_size = int(safe_load(args.weights)["size"])
     fixed = onnx_size(args.check) if args.check else None
     if fixed is not None and args.size is not None and args.size != fixed:
         raise ExportError(f"--size {args.size}: {args.check} takes a fixed {fixed}x{fixed} px input; leave --size out "
                           f"or give {fixed}")
-    size = args.size or fixed or trained_size
+    size = args.size or fixed or sizes[0]
     images = sample_images(args.data, args.images)
     target = args.check or args.out or args.weights.with_name("model.onnx")
     if args.check is None:  # written beside the target, moved into place once it is trusted
@@ -184,9 +202,13 @@ def run(args: argparse.Namespace) -> int:
             draft.unlink(missing_ok=True)
             raise
         draft.replace(target)
+        setting = write_setting(target, sizes, None if args.dynamic else size)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB; input 1x3x"
               f"{'HxW (dynamic)' if args.dynamic else f'{size}x{size}'}; the checkpoint was trained at "
-              f"{trained_size} px)")
+              f"{trained_size} px and predicts at {describe_sizes(sizes)}: {setting.name} says how)")
+        if len(sizes) > 1 and not args.dynamic:
+            print(f"note: this graph takes {size} px only; the checkpoint averages {describe_sizes(sizes)}: export "
+                  f"--dynamic, or each size with --size and --out, to predict as it does")
     share = agreement(model, target, images, size, args.threads)
     print(f"agreement with PyTorch: {share:.4%} of pixels over {len(images)} images at {size} px")
     if share < AGREE:

@@ -28,12 +28,32 @@ from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
-from train.data import DataError, SplitCache, list_split, resolve_data
-from train.infer import DEVICE_DEFAULTS, device_defaults, load_rgb, pick_device, predict_mask, safe_load, save_mask
+from train.data import DataError, SplitCache, list_split, load_split, resolve_data
+from train.infer import (
+    DEVICE_DEFAULTS,
+    describe_sizes,
+    device_defaults,
+    load_rgb,
+    pick_device,
+    predict_mask,
+    safe_load,
+    save_mask,
+)
 from train.loop import EMA_DECAY, FitResult, evaluate, full_fit
 from train.metric import Scorer
 from train.report_pdf import ReportError, write_pdf
-from train.schedule import ScheduleError, Stage, describe_schedule, format_schedule, schedule_from_args, total_epochs
+from train.scale import Row, choose
+from train.scale import table as scale_table
+from train.schedule import (
+    MAX_SIZE,
+    MIN_SIZE,
+    ScheduleError,
+    Stage,
+    describe_schedule,
+    format_schedule,
+    schedule_from_args,
+    total_epochs,
+)
 from train.solution import write_solution
 
 
@@ -149,14 +169,16 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export_checkpoint(model: torch.nn.Module, arch: ArchConfig, size: int, path: Path) -> int:
-    """Drop the auxiliary head and save {config, weights, size}; refuses (writes nothing) at or over budget."""
+def export_checkpoint(model: torch.nn.Module, arch: ArchConfig, size: int, path: Path,
+                      predict_sizes: tuple[int, ...] | None = None) -> int:
+    """Drop the auxiliary head and save {config, weights, training size, prediction sizes (default the training
+    size)}; refuses (writes nothing) at or over budget."""
     model.drop_aux()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if params >= BUDGET:
         raise FinalError(f"exported model has {params:,} parameters; the limit is < {BUDGET:,}: not exported")
     _save_atomic({"config": arch.to_dict(), "state_dict": model.state_dict(), "size": size, "num_classes": 19,
-                  "params": params}, path)
+                  "predict_sizes": list(predict_sizes or (size,)), "params": params}, path)
     return params
 
 
@@ -206,19 +228,23 @@ def _f(value: float) -> str:
 
 
 def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, scorer: Scorer, result: FitResult,
-                 args: argparse.Namespace, schedule: tuple[Stage, ...], tta_f: float) -> None:
+                 args: argparse.Namespace, schedule: tuple[Stage, ...], tta_f: float, sizes: tuple[int, ...],
+                 rows: list[Row]) -> None:
     _curve(result.history, out / "training_curve.png")
     held_out = "" if not args.include_val else " (not held out: --include-val trained on it)"
     text = f"""# Final model: study {chosen.study!r}, trial {chosen.trial.number}
 
 - parameters: {params:,} ({params / BUDGET:.1%} of the {BUDGET:,} limit; auxiliary head not exported)
 - trained: {describe_schedule(schedule)} (seed {args.seed}) on {'train + val' if args.include_val else 'train'};
-  predicts at {schedule[-1].size} px; proxy F of the
+  predicts at {describe_sizes(sizes)}; proxy F of the
   trial: {'n/a' if chosen.trial.value is None else f"{chosen.trial.value:.4f}"}
 - **val F-measure{held_out}: {scorer.f_measure:.4f}** over {len(scorer.scores)} images, logits upsampled to the
   mask resolution before the argmax; mIoU {scorer.miou():.4f}
 - levers on the same weights: {"EMA off" if not args.ema else f"EMA {args.ema} (raw weights: {_f(result.raw_f)})"};
   with flip TTA at prediction: {tta_f:.4f} (test masks written {"with" if args.flip_tta else "without"} it)
+
+## Prediction setting
+{prediction_note(rows, sizes, args)}
 
 ## Architecture
 {describe_arch(arch)}
@@ -232,6 +258,28 @@ def write_report(out: Path, chosen: Chosen, arch: ArchConfig, params: int, score
 ![training curve](training_curve.png)
 """
     (out / "report.md").write_text(text)
+
+
+def prediction_note(rows: list[Row], sizes: tuple[int, ...], args: argparse.Namespace) -> str:
+    if not rows:
+        return f"Fixed by --predict-sizes: {describe_sizes(sizes)} (nothing compared)."
+    return (f"Chosen on val among these (train.scale: the training size unless another setting beats it by more "
+            f"than 0.001; the chosen F is the best of {len(rows)} on the same images, so slightly optimistic):\n\n"
+            f"{scale_table(rows, sizes, args.flip_tta)}")
+
+
+def parse_predict_sizes(text: str) -> tuple[int, ...] | None:
+    """--predict-sizes: None for 'auto', else the sizes of 'S' or 'S+S'; a FinalError naming the value."""
+    if text == "auto":
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split("+"))
+    except ValueError:
+        sizes = ()
+    if not sizes or len(sizes) > 4 or not all(MIN_SIZE <= v <= MAX_SIZE for v in sizes):
+        raise FinalError(f"--predict-sizes {text!r}: expected auto, SIZE or SIZE+SIZE with sizes "
+                         f"{MIN_SIZE}..{MAX_SIZE} px")
+    return sizes
 
 
 def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dict:
@@ -249,15 +297,15 @@ def found_by(chosen: Chosen, storage: optuna.storages.BaseStorage | None) -> dic
             "recipe_vs_architecture": [list(row) for row in recipe_and_architecture(study)]}
 
 
-def predict_test(model: torch.nn.Module, data: Path, size: int, device: torch.device, masks_dir: Path,
-                 flip_tta: bool) -> int:
+def predict_test(model: torch.nn.Module, data: Path, sizes: tuple[int, ...], device: torch.device,
+                 masks_dir: Path, flip_tta: bool) -> int:
     try:
         images = list_split(data, "test")
     except DataError:
         return 0
     masks_dir.mkdir(parents=True, exist_ok=True)
     for pair in images:
-        save_mask(predict_mask(model, load_rgb(pair.image), size, device, flip_tta),
+        save_mask(predict_mask(model, load_rgb(pair.image), sizes, device, flip_tta),
                   masks_dir / f"{pair.image.stem}.png")
     return len(images)
 
@@ -304,6 +352,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                    help="write the test masks with flip TTA, as the shipped run.py does by default (the report "
                         "gives val F with and without it)")
+    p.add_argument("--predict-sizes", default="auto", metavar="auto|SIZE|SIZE+SIZE",
+                   help="the input size(s) the model predicts at, stored in the checkpoint and used by every "
+                        "predictor: auto scores val at 0.875x-1.25x the last training size and at the average of "
+                        "1x and 1.25x, and keeps the training size unless another beats it by more than 0.001; "
+                        "SIZE+SIZE averages the logits of both sizes")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="train through torch.compile (pays off on CUDA for long runs; compiling takes a while)")
     p.add_argument("--ema", type=float, default=EMA_DECAY,
@@ -338,6 +391,7 @@ def run(args: argparse.Namespace) -> Path:
     except ScheduleError as e:
         raise FinalError(str(e)) from None
     size, epochs = schedule[-1].size, total_epochs(schedule)  # the model predicts at the last stage's size
+    fixed_sizes = parse_predict_sizes(args.predict_sizes)
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
     if args.out is not None:
@@ -387,21 +441,28 @@ def run(args: argparse.Namespace) -> Path:
     model, result = full_fit(arch, splits, loss_cfg, train_cfg, schedule=schedule, seed=args.seed, ema=args.ema,
                              device=device, workers=workers, state=state, callback=say, on_epoch_end=checkpoint,
                              desc="final", compile=args.compile)
-    ckpt = out / "ckpt.pth"
-    params = export_checkpoint(model, arch, size, ckpt)
     val = splits[size][1]
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
     scorer = result.scorer or evaluate(model, val, device)
     tta_f = evaluate(model, val, device, flip_tta=True).f_measure
-    write_report(out, chosen, arch, params, scorer, result, args, schedule, tta_f)
-    n_test = predict_test(model, data, size, device, out / "masks", args.flip_tta)
+    sizes, rows = fixed_sizes, []
+    if sizes is None:
+        def val_at(s: int):
+            return val if s == size else load_split(data, "val", size=s, keep_full_masks=True)
+        sizes, rows = choose(model, val_at, size, device, args.flip_tta, say=lambda line: print(line, flush=True))
+    ckpt = out / "ckpt.pth"
+    params = export_checkpoint(model, arch, size, ckpt, predict_sizes=sizes)
+    write_report(out, chosen, arch, params, scorer, result, args, schedule, tta_f, sizes, rows)
+    n_test = predict_test(model, data, sizes, device, out / "masks", args.flip_tta)
     write_solution(out / "solution", ckpt)
-    print(f"val F-measure {scorer.f_measure:.4f} (raw weights {_f(result.raw_f)}, flip TTA {tta_f:.4f}); "
-          f"report {out / 'report.md'}")
+    at = next((r.val_f for r in rows if r.sizes == sizes), None)
+    print(f"val F-measure {scorer.f_measure:.4f} (raw weights {_f(result.raw_f)}, flip TTA {tta_f:.4f}); predicts at "
+          f"{describe_sizes(sizes)}{'' if at is None else f' (val F {at:.4f})'}; report {out / 'report.md'}")
     (out / "final.json").write_text(strict_json({
         "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
         "schedule": format_schedule(schedule), "seed": args.seed, "val_f": scorer.f_measure,
         "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
+        "predict_sizes": list(sizes), "predict_settings": [r.to_dict() for r in rows],
         "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device),
         "flops": count_flops(arch, size), "arch": arch.to_dict(), "loss": loss_cfg.to_dict(),
         "train": train_cfg.to_dict(), "ema": args.ema, "flip_tta": args.flip_tta, "include_val": args.include_val,

@@ -1,4 +1,5 @@
-"""Inference for one image at a time: preprocessing, prediction at the input image's size, mask files.
+"""Inference for one image at a time: preprocessing, prediction at the checkpoint's chosen input size (or the
+average over two), label maps at the input image's own size, mask files.
 
 This module needs only torch, numpy and pillow: `train.solution` bundles it (with the class table, the configs
 and the network) into the standalone `solution/run.py`, so the shipped runner and this package predict with the
@@ -119,11 +120,23 @@ def logits_to_mask(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
     return logits.argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device,
+def as_sizes(size: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """A prediction setting as a tuple of input sizes: one size, or several whose logits are averaged."""
+    return (int(size),) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+
+
+def predict_mask(model: torch.nn.Module, image: np.ndarray, size: int | tuple[int, ...], device: torch.device,
                  flip_tta: bool = False) -> np.ndarray:
-    """Label map at `image`'s own size: resize to `size`, predict, upsample logits, argmax."""
-    logits = predict_logits(model, resize_image(image, size)[None], device, flip_tta)[0]
-    return logits_to_mask(logits, image.shape[0], image.shape[1])
+    """Label map at `image`'s own size: resize to each of the setting's sizes, predict, upsample the logits to
+    the image's size, average them over the sizes (one size: as is), argmax."""
+    height, width = image.shape[:2]
+    total = None
+    for s in as_sizes(size):
+        logits = predict_logits(model, resize_image(image, s)[None], device, flip_tta)[0]
+        if logits.shape[1:] != (height, width):
+            logits = F.interpolate(logits[None], (height, width), mode="bilinear", align_corners=False)[0]
+        total = logits if total is None else total + logits
+    return logits_to_mask(total, height, width)
 
 
 def safe_load(path: Path) -> dict:
@@ -144,8 +157,21 @@ def safe_load(path: Path) -> dict:
     return ckpt
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """(model, input size) from an exported checkpoint: {"config", "state_dict", "size", "num_classes"}."""
+def describe_sizes(sizes: tuple[int, ...]) -> str:
+    """'256 px', or '256 + 320 px (logits averaged)'."""
+    return " + ".join(str(s) for s in sizes) + " px" + (" (logits averaged)" if len(sizes) > 1 else "")
+
+
+def prediction_sizes(ckpt: dict) -> tuple[int, ...]:
+    """The input sizes a checkpoint predicts at: its `predict_sizes` (chosen on val by train.final: one size, or
+    two whose logits are averaged), else its training `size` (checkpoints from before that choice)."""
+    sizes = ckpt.get("predict_sizes") or (ckpt["size"],)
+    return as_sizes(sizes)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """(model, prediction sizes) from an exported checkpoint: {"config", "state_dict", "size", "num_classes",
+    optionally "predict_sizes"}; predict with `predict_mask(model, image, sizes, ...)`."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "size"} <= set(ckpt):
         raise ValueError(f"{path}: not an exported facenas checkpoint (expected keys config, state_dict, size)")
@@ -160,7 +186,13 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the checkpoint's config ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), int(ckpt["size"])
+    try:
+        sizes = prediction_sizes(ckpt)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: its predict_sizes {ckpt.get('predict_sizes')!r} is not a list of sizes") from None
+    if not sizes or min(sizes) < 16:
+        raise ValueError(f"{path}: its prediction sizes {sizes} are not sizes in px (expected >= 16)")
+    return model.to(device).eval(), sizes
 
 
 def list_images(path: Path) -> list[Path]:
@@ -187,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {what} {path} does not exist", file=sys.stderr)
             return 2
     try:
-        model, size = load_checkpoint(args.weights, device)
+        model, sizes = load_checkpoint(args.weights, device)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -196,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
     for path in images:
         out = args.output / f"{path.stem}.png" if args.input.is_dir() else args.output
-        save_mask(predict_mask(model, load_rgb(path), size, device, args.flip_tta), out)
+        save_mask(predict_mask(model, load_rgb(path), sizes, device, args.flip_tta), out)
     print(f"wrote {len(images)} mask(s) to {args.output}")
     return 0
 

@@ -160,6 +160,26 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return scorer
 
 
+@torch.no_grad()
+def evaluate_sizes(model: nn.Module, val_at: dict[int, Split], sizes: tuple[int, ...], device: torch.device,
+                   flip_tta: bool = False, batch_size: int = 16) -> Scorer:
+    """Challenge F-measure of a prediction setting: `val_at[s]` is val (same images, same order, full masks kept)
+    resized to each size s of `sizes`; each size's logits are upsampled to the native mask and averaged before
+    the argmax (`train.infer.predict_mask` does the same one image at a time). One size is `evaluate`."""
+    if len(sizes) == 1:
+        return evaluate(model, val_at[sizes[0]], device, batch_size, flip_tta)
+    first = val_at[sizes[0]]
+    targets = first.full_masks if first.full_masks is not None else list(first.masks)
+    scorer = Scorer()
+    for i in range(0, len(first), batch_size):
+        per_size = [predict_logits(model, val_at[s].images[i:i + batch_size], device, flip_tta) for s in sizes]
+        for j, gt in enumerate(targets[i:i + batch_size]):
+            total = sum(F.interpolate(lg[j][None], gt.shape, mode="bilinear", align_corners=False)[0]
+                        for lg in per_size)
+            scorer.add(gt, total.argmax(0).to(torch.uint8).cpu().numpy())
+    return scorer
+
+
 class WeightEMA:
     """Exponential moving average of the weights and BN buffers, for evaluation and export. The decay warms up
     as min(decay, (1+n)/(10+n)) so that the first (random) weights fade fast in a short schedule; the step count

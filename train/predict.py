@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = pick_device(args.device)
     try:
-        model, size = load_checkpoint(args.weights, device)
+        model, sizes = load_checkpoint(args.weights, device)
     except (ValueError, OSError, pickle.UnpicklingError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     args.output.mkdir(parents=True, exist_ok=True)
     for path in images:
         image = load_rgb(path)
-        mask = predict_mask(model, image, size, device, args.flip_tta)
+        mask = predict_mask(model, image, sizes, device, args.flip_tta)
         save_mask(mask, args.output / f"{path.stem}.png")
         if args.overlay:
             Image.fromarray(overlay(image, mask)).save(args.output / f"{path.stem}_overlay.jpg", quality=90)

@@ -87,6 +87,10 @@ def search_method(proxy: dict) -> str:
     return f"{SAMPLERS.get(proxy['sampler'], proxy['sampler'])} with {PRUNERS.get(proxy['pruner'], proxy['pruner'])}"
 
 
+def describe_sizes(sizes: tuple[int, ...]) -> str:  # as train.infer.describe_sizes, without importing torch
+    return " + ".join(str(s) for s in sizes) + " px" + (" (logits averaged)" if len(sizes) > 1 else "")
+
+
 def _figure(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
@@ -142,6 +146,14 @@ def _sections(rec: dict) -> list[tuple[str, list]]:
             how.append("Held fixed in the search: " + ", ".join(f"{k}={v}" for k, v in found["fixed"].items()) + ".")
         for row, f, gain in found.get("recipe_vs_architecture") or []:
             how.append(f"{row}: full val F {f:.4f} {gain}".rstrip())
+    predict_sizes = tuple(rec.get("predict_sizes") or (rec["size"],))
+    settings = rec.get("predict_settings") or []
+    prediction = [] if not settings else [
+        "The prediction setting was chosen on val after training: the training size unless another setting beat it "
+        "by more than 0.001 F (milliseconds per val image on the training device, scoring included):",
+        [["setting", "val F" + (" (flip TTA)" if rec["flip_tta"] else ""), "ms per image", ""]] + [
+            [describe_sizes(tuple(r["sizes"])), f"{r['val_f']:.4f}", f"{r['ms_per_image']:.0f}",
+             "chosen" if tuple(r["sizes"]) == predict_sizes else ""] for r in settings]]
     per_class = [["class", "images", "mean F"]] + [
         [f"{c['id']} {c['name']}", str(c["images"]), "-" if c["f"] is None else f"{c['f']:.4f}"]
         for c in rec["per_class"]]
@@ -175,8 +187,9 @@ def _sections(rec: dict) -> list[tuple[str, list]]:
             f"(eyes, brows, ears), one zoom for x and y with rotation and shift, colour jitter (brightness, contrast, "
             f"saturation, hue); masks resampled nearest-neighbour.",
             f"Evaluation and export use an exponential moving average of the weights (decay {rec['ema']:g}). "
-            f"Prediction: the image is resized to {rec['size']} px, the logits are upsampled to the image's own size "
-            f"before the argmax{', averaged with the mirrored prediction (flip TTA)' if rec['flip_tta'] else ''}."]),
+            f"Prediction: the image is resized to {describe_sizes(predict_sizes)}, the logits are upsampled to the "
+            f"image's own size before the argmax"
+            f"{', averaged with the mirrored prediction (flip TTA)' if rec['flip_tta'] else ''}."] + prediction),
         ("How the architecture was found", how),
         ("Validation results per class", [
             "Mean F1 of each class over the val images that contain it (the challenge averages the classes present "
@@ -227,7 +240,7 @@ def write_pdf(out: Path, log=print) -> Path:
             elif isinstance(part, tuple):
                 pdf.image(str(curve), w=165)
             else:  # a table, header first; the first column wider when it holds names
-                widths = (30, 34, 14, 20, 14, 10, 14, 28) if len(part[0]) == 8 else (50, 25, 25)
+                widths = {8: (30, 34, 14, 20, 14, 10, 14, 28), 4: (50, 25, 25, 20)}.get(len(part[0]), (50, 25, 25))
                 with pdf.table(line_height=4.6, text_align="LEFT", first_row_as_headings=True,
                                col_widths=widths) as table:
                     for row in part:
