@@ -159,6 +159,7 @@ class TrainConfig:
     aug_strength: float = 0.7  # fixed, not searched (see space.sample.sample_train)
     grad_clip: float = 5.0
     ema: float = 0.0  # EMA decay of weights for evaluation/export; 0 = off
+    rfs_threshold: float = 0.0  # repeat-factor sampling (train.loop.repeat_factors); 0 = off, every image once
 
     def __post_init__(self):
         if self.optimizer not in ("adamw", "sgd"):

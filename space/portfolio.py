@@ -23,7 +23,7 @@ from space.sample import SpaceError, check_params, replay_params
 # Recipe R85 (docs/results.md, issue 12): the dw_unet preset's recipe with trial #85's five changes
 R85 = dict(loss_focal=0.0, loss_dice=1.0, loss_lovasz=0.0, loss_boundary=0.0, class_weight_power=0.25,
            label_smoothing=0.0, optimizer="adamw", lr_adamw=0.009106449283846203, weight_decay=0.0015032023117292972,
-           warmup_frac=0.05, batch_size=8)
+           warmup_frac=0.05, batch_size=8, rfs_threshold=0.0)
 
 # arch-tpe #28 (docs/studies/arch-r85.journal): dw_unet's family with SiLU, SE in the first stage, one more block
 # in the last stage and a wider 1x1 context

@@ -6,7 +6,7 @@ from __future__ import annotations
 _RECIPE = dict(
     loss_focal=0.0, loss_dice=0.5, loss_lovasz=0.0, loss_boundary=0.0, class_weight_power=0.0,
     label_smoothing=0.0, optimizer="adamw", lr_adamw=3e-3, weight_decay=1e-4, warmup_frac=0.05,
-    batch_size=16,
+    batch_size=16, rfs_threshold=0.0,
 )
 
 

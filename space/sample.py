@@ -28,7 +28,7 @@ MULT_RANGE = (0.05, 12.0)
 BISECT_STEPS = 18
 # Parameters added to the space after studies were stored, with the value every earlier trial was trained
 # with: replay fills them in for a trial whose params lack them (its network is the same as before)
-ADDED_PARAMS = {"decoder_cbam": False}
+ADDED_PARAMS = {"decoder_cbam": False, "rfs_threshold": 0.0}
 PROBE_TRIALS = 64  # random samples that find every parameter of the (conditional) space; a test checks it
 MAX_DRAWS = 2000  # proposals a trial may draw before InCapSampler gives up (a cap no network of the space meets)
 
@@ -138,6 +138,7 @@ def sample_train(trial: optuna.trial.BaseTrial) -> TrainConfig:
         weight_decay=trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
         warmup_frac=trial.suggest_categorical("warmup_frac", [0.0, 0.05, 0.1]),
         batch_size=trial.suggest_categorical("batch_size", [8, 16]),
+        rfs_threshold=trial.suggest_categorical("rfs_threshold", [0.0, 0.1, 0.3]),
     )
 
 
@@ -222,7 +223,7 @@ def parse_assignments(items: list[str], flag: str) -> dict:
 
 def recipe_params(params: dict) -> dict:
     """The loss and optimiser part of a trial's params (what `search.run --recipe-from` holds fixed)."""
-    fixed = optuna.trial.FixedTrial(params)
+    fixed = optuna.trial.FixedTrial({**ADDED_PARAMS, **params})
     sample_loss(fixed)
     sample_train(fixed)
     return dict(fixed.params)

@@ -25,7 +25,7 @@ from search.records import recipe_and_architecture
 from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
 from space.budget import count_flops, count_params
-from space.config import BUDGET, ArchConfig
+from space.config import BUDGET, ArchConfig, TrainConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
 from train.data import DataError, SplitCache, list_split, load_split, resolve_data
@@ -374,6 +374,8 @@ def check_resume(last: Path, identity: dict) -> dict:
         raise FinalError(f"{e}; use another --out or delete it") from None
     if isinstance(saved.get("config"), dict):
         saved["config"] = ArchConfig.normalised(saved["config"])
+    if isinstance(saved.get("train"), dict):  # settings added since (rfs_threshold) take their defaults
+        saved["train"] = TrainConfig.from_dict(saved["train"]).to_dict()
     shown = ("schedule", "seed", "data", "include_val")
     mismatched = [f"{k} ({saved.get(k)!r} -> {identity[k]!r})" if k in shown else k
                   for k in identity if saved.get(k) != identity[k]]

@@ -56,15 +56,52 @@ class AugmentedSplit(Dataset):
         return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(np.ascontiguousarray(out["mask"]))
 
 
+def repeat_factors(masks: np.ndarray | list[np.ndarray], threshold: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., LVIS 2019): class c, present in a share f_c of the images, has the
+    factor max(1, sqrt(threshold / f_c)); an image, the largest factor of the classes it holds. Images holding a
+    class rarer than `threshold` are drawn that many times more often; 0 = every image 1."""
+    present = np.stack([np.bincount(m.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] > 0 for m in masks])
+    if threshold <= 0:
+        return np.ones(len(present))
+    share = present.mean(0)
+    per_class = np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12)))
+    return np.where(present, per_class, 1.0).max(1)
+
+
+def epoch_order(n: int, factors: np.ndarray | None, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's `n` image indices: a permutation, or with repeat `factors` `n` draws with replacement in
+    proportion to them (the epoch keeps its length; a rare-class image comes up about its factor times as often)."""
+    if factors is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(torch.as_tensor(factors, dtype=torch.float64), n, replacement=True, generator=generator)
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """DataLoader sampler of `epoch_order` (a fresh draw from `generator` every epoch)."""
+
+    def __init__(self, n: int, factors: np.ndarray, generator: torch.Generator):
+        self.n, self.factors, self.generator = n, factors, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(epoch_order(self.n, self.factors, self.generator).tolist())
+
+
 class HostBatches:
     """The CPU path: DataLoader workers (or the main process) run albumentations; each epoch's order and
-    augmentation are drawn from that epoch's seed alone (`epoch(seed)`), so a resumed run repeats them."""
+    augmentation are drawn from that epoch's seed alone (`epoch(seed)`), so a resumed run repeats them. With
+    `factors` (`repeat_factors`) the order is repeat-factor sampled, else a shuffle."""
 
-    def __init__(self, split: Split, size: int, strength: float, batch: int, workers: int, pin: bool):
+    def __init__(self, split: Split, size: int, strength: float, batch: int, workers: int, pin: bool,
+                 factors: np.ndarray | None = None):
         self.dataset = AugmentedSplit(split, size, strength, 0)
         self.order = torch.Generator()
-        self.loader = DataLoader(self.dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                 pin_memory=pin, worker_init_fn=_seed_worker if workers else None,
+        sampler = None if factors is None else EpochOrder(len(self.dataset), factors, self.order)
+        self.loader = DataLoader(self.dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
+                                 drop_last=True, num_workers=workers, pin_memory=pin,
+                                 worker_init_fn=_seed_worker if workers else None,
                                  generator=self.order)  # workers draw their seeds from `order` every epoch
 
     def __len__(self) -> int:
@@ -82,7 +119,7 @@ class DeviceBatches:
     and uint8 masks."""
 
     def __init__(self, split: Split, size: int, strength: float, device: torch.device, batch: int,
-                 channels_last: bool):
+                 channels_last: bool, factors: np.ndarray | None = None):
         images, masks = torch.from_numpy(split.images), torch.from_numpy(split.masks)
         if images.shape[1:3] != (size, size):  # cached at another size: resize once, not every step
             images = F.interpolate(images.permute(0, 3, 1, 2).float(), (size, size), mode="bilinear",
@@ -91,7 +128,7 @@ class DeviceBatches:
         self.images, self.masks = images.contiguous().to(device), masks.contiguous().to(device)
         self.augment = DeviceAugment(AugRanges.at(strength), 0, device)
         self.order = torch.Generator()
-        self.batch, self.channels_last = batch, channels_last
+        self.batch, self.channels_last, self.factors = batch, channels_last, factors
 
     def __len__(self) -> int:
         return len(self.images) // self.batch
@@ -99,7 +136,7 @@ class DeviceBatches:
     def epoch(self, seed: int):
         self.order.manual_seed(seed)
         self.augment.gen.manual_seed(seed)
-        perm = torch.randperm(len(self.images), generator=self.order).to(self.images.device)
+        perm = epoch_order(len(self.images), self.factors, self.order).to(self.images.device)
         for i in range(len(self)):
             idx = perm[i * self.batch:(i + 1) * self.batch]
             x, y = self.augment(self.images[idx], self.masks[idx])
@@ -302,9 +339,10 @@ def setup_run(model: nn.Module, train: Split, loss_cfg: LossConfig, train_cfg: T
 def make_batches(train: Split, size: int, train_cfg: TrainConfig, device: torch.device, accel: Accel,
              workers: int) -> HostBatches | DeviceBatches:
     batch = min(train_cfg.batch_size, len(train))
+    factors = repeat_factors(train.masks, train_cfg.rfs_threshold) if train_cfg.rfs_threshold > 0 else None
     if accel.device_data:
-        return DeviceBatches(train, size, train_cfg.aug_strength, device, batch, accel.channels_last)
-    return HostBatches(train, size, train_cfg.aug_strength, batch, workers, device.type == "cuda")
+        return DeviceBatches(train, size, train_cfg.aug_strength, device, batch, accel.channels_last, factors)
+    return HostBatches(train, size, train_cfg.aug_strength, batch, workers, device.type == "cuda", factors)
 
 
 def on_device(run: Run, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
