@@ -19,7 +19,7 @@ search: setup
 	$(BIN)/python -m search.run --trials 100
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # two processes of one thread each, a test file per process
 
 lint: setup
 	$(BIN)/ruff check .

@@ -27,12 +27,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from bench.gpu_tier import run_module, sync_check
+from bench.gpu_tier import gpu_or_none, run_module, sync_check
 from bench.throughput import device_name, measure
 from search.storage import open_storage
 from space.portfolio import R85
 from train.data import DataError, list_split
-from train.infer import pick_device
 from train.synthetic import write_dataset
 
 STUDY = "gpu-flow"
@@ -97,9 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = pick_device("cpu" if args.dry_run else "auto")
-    if not args.dry_run and (device.type != "cuda" or args.data is None):
-        print("error: gpu_flow needs a CUDA device and --data ROOT (use --dry-run on the CPU)", file=sys.stderr)
+    device = gpu_or_none(args.dry_run, args.data, "gpu_flow", "--dry-run")
+    if device is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()

@@ -129,11 +129,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def gpu_or_none(tiny: bool, data: Path | None, what: str, flag: str) -> torch.device | None:
+    """The device of a GPU bench: the CPU for its tiny run (`flag`), else CUDA; None, having said why, when
+    there is no CUDA device or no --data."""
+    device = pick_device("cpu" if tiny else "auto")
+    if not tiny and (device.type != "cuda" or data is None):
+        print(f"error: {what} needs a CUDA device and --data ROOT (use {flag} on the CPU)", file=sys.stderr)
+        return None
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = pick_device("cpu" if args.smoke else "auto")
-    if not args.smoke and (device.type != "cuda" or args.data is None):
-        print("error: the GPU tier needs a CUDA device and --data ROOT (use --smoke on the CPU)", file=sys.stderr)
+    device = gpu_or_none(args.smoke, args.data, "the GPU tier", "--smoke")
+    if device is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()

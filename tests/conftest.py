@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two test processes on two cores: one thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the commands they start, else they oversubscribe
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "celebamask-mini"
