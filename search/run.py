@@ -48,7 +48,7 @@ from space.budget import count_flops
 from space.config import BUDGET
 from space.portfolio import PORTFOLIO, Entry, load_portfolio
 from space.presets import PRESETS
-from space.sample import InCapSampler, check_params, parse_assignments, recipe_params, sample_config
+from space.sample import ADDED_PARAMS, InCapSampler, check_params, parse_assignments, recipe_params, sample_config
 from train.accel import share_memory
 from train.data import DataError, Split, SplitCache, load_split, resolve_data
 from train.infer import device_defaults, pick_device, predict_logits
@@ -191,6 +191,18 @@ def open_study(s: Settings, storage: optuna.storages.BaseStorage | None = None) 
     return study
 
 
+def enter_portfolio(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings, given: bool
+                    ) -> list[int]:
+    """The portfolio enters a study when it starts (`enqueue_portfolio`), never on a resume: a study keeps the
+    entries it began with (a note says so when `--portfolio` was given again)."""
+    if not study.trials:
+        return enqueue_portfolio(study, storage, s.portfolio, s.fixed)
+    if given:
+        print(f"note: --portfolio ignored: the portfolio enters a study when it starts, and {s.study!r} has "
+              f"{len(study.trials)} trials", flush=True)
+    return []
+
+
 def enqueue_portfolio(study: optuna.Study, storage: optuna.storages.BaseStorage, portfolio: tuple[Entry, ...],
                       fixed: dict | None = None) -> list[int]:
     """Enqueue each portfolio entry once (user attr `portfolio`, and `preset` for a preset's network), before any
@@ -299,7 +311,8 @@ def summary(study: optuna.Study, s: Settings) -> str:
                   + (" (the reference)" if r.get("reference") else "")
                   for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
         lines.append(f"{verdict(study)}; train.final --study best takes it")
-    over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials if "draws_over_cap" in t.user_attrs]
+    over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials
+            if "draws_over_cap" in t.user_attrs and "portfolio" not in t.user_attrs]  # proposals, not entries
     if over and s.flops_cap:
         lines.append(f"FLOPs cap: {sum(over)} of {sum(over) + len(over)} draws were over it and drawn again "
                      f"({sum(over) / (sum(over) + len(over)):.0%}); no trial was created for them")
@@ -417,7 +430,10 @@ def check_resumable(study: optuna.Study, s: Settings) -> None:
     # the seed too: the proxies and rung runs were seeded from it (seed + trial number), and analysis replays them
     now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal, "seed": s.seed}
     changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
-    if study.user_attrs.get("fixed", {}) != s.fixed:
+    fixed = study.user_attrs.get("fixed", {})
+    if fixed:  # a study from before a parameter existed held it at its old value (--recipe-from now names it too)
+        fixed = {**{k: v for k, v in ADDED_PARAMS.items() if s.fixed.get(k, object()) == v}, **fixed}
+    if fixed != s.fixed:
         changed.append(f"fixed params {study.user_attrs.get('fixed', {})} -> {s.fixed}")
     if changed:
         raise ValueError(f"study {s.study!r} was searched with other settings ({'; '.join(changed)}); its F values "
@@ -493,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
     record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
-    dropped = enqueue_portfolio(study, storage, s.portfolio, s.fixed)
+    dropped = enter_portfolio(study, storage, s, given=args.portfolio is not None)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
           f"device {s.device}; "

@@ -28,9 +28,11 @@ live claim of a run wins, so no run is trained twice; the pending mark is cleare
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -155,19 +157,28 @@ def verdict(study: optuna.Study) -> str | None:
     if found is None:
         return None
     trial, record = found
-    records = rung_records(study)
+    records, limit = rung_records(study), study.user_attrs.get(MINUTES_ATTR)
+    kept = within_minutes(study, records)
+    none_within = (f" (no pick is predicted within --final-minutes {limit:g}: all were compared)"
+                   if limit is not None and all(r.get("final_minutes", 0.0) > limit for r in records.values()) else "")
     refs = [n for n, r in records.items() if r.get("reference")]
     if not refs:
-        return f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); no portfolio entry at the rung"
+        return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); no portfolio entry at the rung"
+                + none_within)
     ref = refs[0]
+    if ref not in kept:
+        return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); the reference "
+                f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) was left out: predicted "
+                f"{records[ref].get('final_minutes', 0.0):.0f} min > --final-minutes {limit:g}")
     if ref == trial.number:
         rivals = [n for n in records if "portfolio" not in study.trials[n].user_attrs]
         best = max(rivals, key=lambda n: records[n]["f"], default=None)
         beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network #{best} "
                   f"({records[best]['f']:.4f})" if best is not None else "")
-        return f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}"
+        return f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{none_within}"
     return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}) beat the reference "
-            f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) by {record['f'] - records[ref]['f']:+.4f}")
+            f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) by {record['f'] - records[ref]['f']:+.4f}"
+            + none_within)
 
 
 def train_at(trial: optuna.trial.FrozenTrial, splits: Mapping[int, tuple[Split, Split]], schedule: str, seed: int,
@@ -191,16 +202,53 @@ def final_minutes(record: dict, final_schedule: str) -> float | None:
     return full_seconds(times, parse_schedule(final_schedule)) / 60 if times else None
 
 
+CLAIM_BEAT_S = 60  # a live claim's `beat` (time.time()) is renewed this often while its run trains
+CLAIM_STALE_S = 600  # a claim whose beat is older than this is a dead process's, on whatever host
+
+
 class Claims:
     """Claims on rung runs, one trial each in the side study `<study>.rung2-claims` (user attr `key`: trial and
-    setting id; `worker`: host:pid). Trial numbers are handed out atomically by every storage, so all processes
-    agree on which claim of a run is the lowest-numbered; the lowest one that is not FAIL wins, a COMPLETE one means
-    the run is done, and a claim of a process on this host that died is failed first."""
+    setting id; `worker`: host:pid; `beat`: when its process last said it lives). Trial numbers are handed out
+    atomically by every storage, so all processes agree on which claim of a run is the lowest-numbered; the lowest
+    one that is not FAIL wins, a COMPLETE one means the run is done. A claim whose process died is failed first: on
+    this host as soon as the process is gone, on another host once its beat is `CLAIM_STALE_S` old."""
 
     def __init__(self, study: optuna.Study):
-        self.study = optuna.create_study(study_name=study.study_name + CLAIMS_SUFFIX, storage=study._storage,
-                                         load_if_exists=True)
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study" at every rung
+        try:
+            self.study = optuna.create_study(study_name=study.study_name + CLAIMS_SUFFIX, storage=study._storage,
+                                             load_if_exists=True)
+        finally:
+            optuna.logging.set_verbosity(level)
         self.storage = self.study._storage
+
+    @staticmethod
+    def dead(t: optuna.trial.FrozenTrial) -> bool:
+        """Whether an unfinished claim's process is gone (this host) or has not beaten for CLAIM_STALE_S."""
+        beat = t.user_attrs.get("beat")
+        if beat is None and t.datetime_start is not None:
+            beat = t.datetime_start.timestamp()
+        return gone(t) or (beat is not None and time.time() - beat > CLAIM_STALE_S)
+
+    @contextlib.contextmanager
+    def beating(self, claim: int):
+        """Renew the claim's beat every CLAIM_BEAT_S in a thread while the block runs (a rung run trains)."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(CLAIM_BEAT_S):
+                try:
+                    self.storage.set_trial_user_attr(claim, "beat", time.time())
+                except (optuna.exceptions.UpdateFinishedTrialError, OSError):
+                    return
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _of(self, key: str) -> list[optuna.trial.FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("key") == key]
@@ -209,10 +257,10 @@ class Claims:
         """The id of this process's claim on run `key` when it is ours to train, else None (done, or another
         live process holds it)."""
         for t in self._of(key):
-            if t.state in (TrialState.WAITING, TrialState.RUNNING) and gone(t):
+            if t.state in (TrialState.WAITING, TrialState.RUNNING) and self.dead(t):
                 self.release(t._trial_id, TrialState.FAIL)
         mine = self.storage.create_new_trial(self.study._study_id, template_trial=optuna.trial.create_trial(
-            state=TrialState.WAITING, user_attrs={"key": key, **this_worker()}))
+            state=TrialState.WAITING, user_attrs={"key": key, "beat": time.time(), **this_worker()}))
         rivals = [t for t in self._of(key) if t.state != TrialState.FAIL]
         if min(rivals, key=lambda t: t.number)._trial_id != mine:
             self.release(mine, TrialState.FAIL)
@@ -228,7 +276,7 @@ class Claims:
 
     def held(self, keys: list[str]) -> list[str]:
         """The keys that another process holds a live claim on."""
-        return [k for k in keys if any(t.state in (TrialState.WAITING, TrialState.RUNNING) and not gone(t)
+        return [k for k in keys if any(t.state in (TrialState.WAITING, TrialState.RUNNING) and not self.dead(t)
                                        for t in self._of(k))]
 
 
@@ -251,7 +299,9 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
             say(f"rung 2: trial {trial.number} is done or being trained by another process: skipped here")
             continue
         try:
-            found = train_at(trial, splits, setting.schedule, setting.seed, device, desc=f"rung 2 #{trial.number}")
+            with claims.beating(claim):
+                found = train_at(trial, splits, setting.schedule, setting.seed, device,
+                                 desc=f"rung 2 #{trial.number}")
         except FAILURES as e:
             attempts = _records(study, setting).get(trial.number, {}).get("attempts", 0) + 1
             study.set_user_attr(key, {"failed": f"{type(e).__name__}: {e}"[:300], "attempts": attempts,

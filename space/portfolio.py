@@ -62,10 +62,10 @@ PORTFOLIO: tuple[Entry, ...] = (
 def check_entry(entry: Entry, where: str) -> Entry:
     """Refuse an entry whose params are not a whole, in-range point of the space (names the entry and `where`)."""
     try:
-        check_params(entry.params, f"{where}: entry {entry.name!r}:")
+        check_params(entry.params, "")
         replay_params(entry.params)
     except (SpaceError, ValueError) as e:
-        raise SpaceError(f"{where}: entry {entry.name!r}: {e}") from None
+        raise SpaceError(f"{where}: entry {entry.name!r}: {str(e).strip()}") from None
     return entry
 
 
@@ -85,6 +85,9 @@ def load_portfolio(path: Path) -> tuple[Entry, ...]:
         if "name" not in item or "params" not in item or unknown:
             raise SpaceError(f"--portfolio {path}: entry {i} needs 'name' and 'params' (optional 'val_f', 'source', "
                              f"'preset'){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+        if not isinstance(item["params"], dict):
+            raise SpaceError(f"--portfolio {path}: entry {item['name']!r}: 'params' must be a JSON object of "
+                             f"parameter values, got {type(item['params']).__name__}")
         if item["name"] in names:
             raise SpaceError(f"--portfolio {path}: two entries are named {item['name']!r}")
         names.add(item["name"])

@@ -41,6 +41,8 @@ def test_report_pdf_is_a4_five_pages_at_most_in_arial_or_liberation_sans_10pt(fi
         assert heading in text
     assert "Hand-designed" in text and "soft Dice" in text and "32 px x 1 epochs" in text
     assert "ms per image" in text and all(f"{r['val_f']:.4f}" in text for r in record["predict_settings"])
+    predicts = " + ".join(str(v) for v in record["predict_sizes"])
+    assert f"at its training size 32 px (it predicts at {predicts} px" in " ".join(text.split())
 
 
 def test_report_pdf_is_rebuilt_from_the_folder_and_refuses_without_a_font(final_run, tmp_path, monkeypatch):
@@ -143,8 +145,10 @@ def test_export_input_errors_are_one_line_with_exit_2(final_run, tiny_data, tmp_
 
     weights = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--threads", "1", "--runs", "1"]
     fixed = tmp_path / "m.onnx"
-    assert export.main([*weights, "--out", str(fixed)]) == 0  # fixed at the checkpoint's 32 px
+    assert export.main([*weights, "--out", str(fixed)]) == 0  # fixed at the checkpoint's prediction size
     capsys.readouterr()
+    size = export.onnx_size(fixed)
+    (tmp_path / "folder").mkdir()
     junk = tmp_path / "junk.onnx"
     junk.write_text("not a model")
     malformed = tmp_path / "malformed.pth"
@@ -153,7 +157,9 @@ def test_export_input_errors_are_one_line_with_exit_2(final_run, tiny_data, tmp_
         ([*weights, "--check", str(junk)], f"--check {junk}: not an ONNX model onnxruntime can load"),
         ([*weights, "--images", "0"], "--images must be >= 1, got 0"),
         ([*weights, "--out", str(tmp_path / "missing" / "m.onnx")], f"folder {tmp_path / 'missing'} does not exist"),
-        ([*weights, "--check", str(fixed), "--size", "64"], f"--size 64: {fixed} takes a fixed 32x32 px input"),
+        ([*weights, "--check", str(fixed), "--size", str(size + 32)],
+         f"--size {size + 32}: {fixed} takes a fixed {size}x{size} px input"),
+        ([*weights, "--out", str(tmp_path / "folder")], f"--out {tmp_path / 'folder'}: is a folder; give the ONNX"),
         (["--weights", str(malformed), "--out", str(tmp_path / "x.onnx")], f"{malformed}: its config does not"),
     ]:
         assert export.main(argv) == 2, argv

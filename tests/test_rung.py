@@ -4,6 +4,7 @@ train.final --study best deciding by it."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import optuna
 import pytest
@@ -183,6 +184,38 @@ def test_final_minutes_leaves_slow_picks_out(tmp_path):
     assert rung_mod.best_by_rung(study)[0].number == 1  # #0's final is predicted at 60 minutes: left out
     study.set_user_attr(rung_mod.MINUTES_ATTR, 10.0)
     assert rung_mod.best_by_rung(study)[0].number == 0  # nothing within 10: the best again, not nothing
+    assert "no pick is predicted within --final-minutes 10: all were compared" in rung_mod.verdict(study)
+    # the reference left out by the limit is said to be left out, never "beaten" by a lower F
+    study.set_user_attr(f"{RUNG_ATTR}:0:{setting.id}", {"f": 0.70, "proxy_f": 0.5, "final_minutes": 30.0})
+    study.set_user_attr(f"{RUNG_ATTR}:1:{setting.id}", {"f": 0.80, "proxy_f": 0.5, "final_minutes": 90.0,
+                                                        "reference": True})
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 60.0)
+    line = rung_mod.verdict(study)
+    assert "beat" not in line and line.endswith("the reference #1 (dw_unet@R85) (0.8000) was left out: predicted 90 "
+                                                 "min > --final-minutes 60"), line
+
+
+def test_a_claim_of_a_dead_process_on_another_host_is_taken_over_once_stale(monkeypatch):
+    study = optuna.create_study(study_name="c")
+    claims = rung_mod.Claims(study)
+    key = "rung2:0:x"
+    for beat in (time.time(), time.time() - rung_mod.CLAIM_STALE_S - 5):  # a live claim, then one gone silent
+        rival = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
+                                          user_attrs={"key": key, "worker": "othermachine:4242", "beat": beat})
+        rival_id = claims.storage.create_new_trial(claims.study._study_id, template_trial=rival)
+        claims.storage.set_trial_state_values(rival_id, optuna.trial.TrialState.RUNNING)
+        if beat > time.time() - 60:
+            assert claims.held([key]) == [key] and claims.take(key) is None  # nothing here can tell it is dead
+            claims.release(rival_id, optuna.trial.TrialState.FAIL)
+    assert claims.held([key]) == []
+    mine = claims.take(key)
+    assert mine is not None
+    # while its run trains, the claim's beat is renewed, so that no other process takes it over
+    monkeypatch.setattr(rung_mod, "CLAIM_BEAT_S", 0.05)
+    before = claims.storage.get_trial(mine).user_attrs["beat"]
+    with claims.beating(mine):
+        time.sleep(0.3)
+    assert claims.storage.get_trial(mine).user_attrs["beat"] > before
 
 
 def test_stage_seconds_from_a_history():

@@ -115,10 +115,10 @@ def test_export_builds_the_graph_at_the_setting_and_writes_it_beside(tiny_data, 
                   str(tiny_data), "--images", "2", "--runs", "1")
     assert res.returncode == 0, res.stderr[-2000:]
     assert onnx_size(tmp_path / "m.onnx") == 40 and "predicts at 40 px" in res.stdout
-    assert json.loads((tmp_path / "m.json").read_text())["predict_sizes"] == [40]
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["predict_sizes"] == [40]
     _checkpoint(ckpt, (32, 40))
     res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "two.onnx"), "--data",
                   str(tiny_data), "--images", "2", "--runs", "1")
     assert res.returncode == 0, res.stderr[-2000:]
     assert onnx_size(tmp_path / "two.onnx") == 32 and "averages 32 + 40 px" in res.stdout
-    assert json.loads((tmp_path / "two.json").read_text())["predict_sizes"] == [32, 40]
+    assert json.loads((tmp_path / "two.onnx.json").read_text())["predict_sizes"] == [32, 40]

@@ -108,9 +108,9 @@ def test_no_trial_is_created_over_the_flops_cap_and_every_trial_trains(tiny_data
     for t in trials:
         assert t.state == optuna.trial.TrialState.COMPLETE and t.intermediate_values, t.number  # all trained
         assert t.user_attrs["flops"] <= limit and "over_flops_cap" not in t.user_attrs
-    redrawn = sum(t.user_attrs["draws_over_cap"] for t in trials)
+    redrawn = sum(t.user_attrs["draws_over_cap"] for t in trials[1:])  # the proposals: not the portfolio entry
     assert redrawn > 0  # the random sampler did draw networks over the cap: they never became trials
-    assert f"FLOPs cap: {redrawn} of {redrawn + 4} draws were over it and drawn again" in res.stdout
+    assert f"FLOPs cap: {redrawn} of {redrawn + 3} draws were over it and drawn again" in res.stdout
 
 
 def test_in_cap_proposals_are_seeded_by_trial_number_and_stay_within_the_cap():
@@ -221,6 +221,53 @@ def test_portfolio_enqueued_by_concurrent_processes_is_deduplicated(tmp_path):
     # a duplicate that another process dropped between our read and our claim is skipped, not an error
     dup = study.get_trials(deepcopy=False)[3]
     assert dup.state == optuna.trial.TrialState.FAIL and not run_mod.claim(storage, dup)
+
+
+def test_the_portfolio_enters_a_study_when_it_starts_never_on_a_resume(tmp_path, capsys):
+    s = run_mod.Settings(data=tmp_path, study="t", storage="", artifact_dir=tmp_path / "a", proxy_size=32,
+                         proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu",
+                         loader_workers=0, portfolio=PORTFOLIO[:1])
+    study = optuna.create_study(direction="maximize")
+    run_mod.enter_portfolio(study, study._storage, s, given=True)
+    assert [t.user_attrs["portfolio"] for t in study.trials] == [PORTFOLIO[0].name]
+    s.portfolio = PORTFOLIO  # resumed with another (here the built-in) portfolio: nothing is added
+    assert run_mod.enter_portfolio(study, study._storage, s, given=True) == [] and len(study.trials) == 1
+    assert "note: --portfolio ignored: the portfolio enters a study when it starts" in capsys.readouterr().out
+
+
+def test_a_recipe_from_study_of_before_rfs_threshold_still_resumes(tmp_path):
+    """Its recorded fixed params lack rfs_threshold (the parameter did not exist), which recipe_params now names
+    at its old value 0.0; another value is still refused."""
+    from space.sample import recipe_params
+
+    old_fixed = {k: v for k, v in R85.items() if k != "rfs_threshold"}
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("proxy", {"size": 32, "epochs": 1, "subset": 1.0, "signal": "last_f", "seed": 0})
+    study.set_user_attr("fixed", old_fixed)
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    s = run_mod.Settings(data=tmp_path, study="t", storage="", artifact_dir=tmp_path / "a", proxy_size=32,
+                         proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu",
+                         loader_workers=0, signal="last_f")
+    s.fixed = recipe_params({**PRESETS["dw_unet"], **old_fixed})
+    assert s.fixed["rfs_threshold"] == 0.0
+    run_mod.check_resumable(study, s)  # accepted
+    s.fixed = {**s.fixed, "rfs_threshold": 0.3}
+    with pytest.raises(ValueError, match="was searched with other settings"):
+        run_mod.check_resumable(study, s)
+
+
+def test_portfolio_file_errors_are_one_line(tmp_path):
+    from space.portfolio import load_portfolio
+    from space.sample import SpaceError
+
+    path = tmp_path / "p.json"
+    for items, message in [([{"name": "a", "params": 5}], "entry 'a': 'params' must be a JSON object"),
+                           ([{"name": "a", "params": {"foo": 1}}], f"--portfolio {path}: entry 'a': foo: not a "
+                                                                   "parameter of the search space")]:
+        path.write_text(json.dumps(items))
+        with pytest.raises(SpaceError) as e:
+            load_portfolio(path)
+        assert message in str(e.value) and str(e.value).count("--portfolio") == 1, str(e.value)
 
 
 def test_a_trial_starts_from_the_same_weights_whatever_ran_before_it(tmp_path, monkeypatch):

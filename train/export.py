@@ -134,7 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                           "model.onnx)")
     p.add_argument("--size", type=int, default=None,
                    help="input height and width (default: the checkpoint's prediction size, chosen on val by "
-                        "train.final; with a two-size setting, the first; MODEL.json beside it gives the setting)")
+                        "train.final; with a two-size setting, the first; MODEL.onnx.json beside it says how)")
     p.add_argument("--dynamic", action="store_true",
                    help="variable input height and width, accepted only if the network agrees with PyTorch at other "
                         "sizes too")
@@ -151,8 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_setting(target: Path, sizes: tuple[int, ...], graph_size: int | None) -> Path:
-    """MODEL.json beside the ONNX file: how to feed it so that it predicts as the checkpoint does."""
-    path = target.with_suffix(".json")
+    """MODEL.onnx.json beside the ONNX file: how to feed it so that it predicts as the checkpoint does."""
+    path = target.with_name(target.name + ".json")
     path.write_text(json.dumps({
         "input": f"image: 1x3xHxW float32, RGB / 255, minus {MEAN}, divided by {STD}",
         "graph_size": graph_size if graph_size is not None else "dynamic",
@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(f"--size must be {MIN_SIZE}..{MAX_SIZE} px, got {args.size}")
     if args.check is None and args.out is not None and not args.out.parent.is_dir():
         raise ExportError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    if args.check is None and args.out is not None and args.out.is_dir():
+        raise ExportError(f"--out {args.out}: is a folder; give the ONNX file's path, e.g. {args.out / 'model.onnx'}")
     try:
         model, sizes = load_checkpoint(args.weights, pick_device("cpu"))
     except ValueError as e:

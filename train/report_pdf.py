@@ -161,7 +161,8 @@ def _sections(rec: dict) -> list[tuple[str, list]]:
         ("Summary", [
             f"Network: {rec['params']:,} trainable parameters (sum(p.numel() for p in model.parameters()) of the "
             f"exported model, auxiliary head dropped; {rec['params'] / BUDGET:.1%} of the {BUDGET:,} limit), "
-            f"{rec['flops'] / 1e9:.2f} GFLOPs per image at its inference size {rec['size']} px.",
+            f"{rec['flops'] / 1e9:.2f} GFLOPs per image at its training size {rec['size']} px (it predicts at "
+            f"{describe_sizes(tuple(rec.get('predict_sizes') or (rec['size'],)))}).",
             f"Validation F-measure (the challenge's metric, over {rec.get('val_images', '?')} val images, each scored "
             f"at its own resolution): {rec['val_f']:.4f}; with flip test-time augmentation "
             f"{rec['val_f_flip_tta']:.4f}.",

@@ -18,6 +18,7 @@ import torch
 from train.data import Split
 from train.infer import describe_sizes
 from train.loop import evaluate_sizes
+from train.schedule import MAX_SIZE, MIN_SIZE
 
 SCALES = (0.875, 1.0, 1.125, 1.25)  # single sizes tried, as multiples of the last training size
 TWO_SCALE = (1.0, 1.25)  # the two-scale average tried
@@ -25,8 +26,9 @@ TIE = 0.001  # a setting must beat the training size by more than this to replac
 
 
 def scaled(size: int, factor: float) -> int:
-    """`size * factor` rounded to a multiple of 4 px (256 -> 224, 288, 320; 512 -> 448, 576, 640)."""
-    return max(16, int(round(size * factor / 4)) * 4)
+    """`size * factor` rounded to a multiple of 4 px (256 -> 224, 288, 320; 512 -> 448, 576, 640), within the
+    sizes a schedule may have (32..1024 px, as --predict-sizes)."""
+    return min(MAX_SIZE, max(MIN_SIZE, int(round(size * factor / 4)) * 4))
 
 
 def candidates(size: int) -> list[tuple[int, ...]]:
