@@ -41,7 +41,7 @@ from search.records import (
 )
 from search.rung import train_at
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
-from space.config import ArchConfig
+from space.config import ArchConfig, TrainConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
 from train.data import DataError, SplitCache, resolve_data
@@ -162,6 +162,8 @@ def record_final(study: optuna.Study, number: int, folder: Path) -> str:
     expected = {"config": arch.to_dict(), "loss": loss_cfg.to_dict(), "train": train_cfg.to_dict(),
                 "include_val": False}
     saved["config"] = ArchConfig.normalised(saved.get("config") or {})
+    if isinstance(saved.get("train"), dict):  # a run of older code: settings added since at their defaults
+        saved["train"] = TrainConfig.normalised(saved["train"])
     differs = [k for k, v in expected.items() if saved.get(k) != v]
     if differs or saved["epoch"] < total_epochs(parse_schedule(saved["schedule"])):
         raise FidelityError(f"{folder} is not a finished run of trial #{number}'s configs on train only (differs "

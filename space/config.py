@@ -171,3 +171,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**d)
+
+    @classmethod
+    def normalised(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A saved dict with the settings added since (rfs_threshold) at their defaults, what the run trained with."""
+        try:
+            return cls.from_dict(d).to_dict()
+        except (TypeError, ValueError):
+            return d

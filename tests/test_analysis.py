@@ -311,6 +311,12 @@ def test_a_train_final_run_of_the_trial_is_recorded_as_its_full_f_and_another_tr
     assert records[0][2]["source"] == f"train.final {out}"
     wrong = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "0")
     assert wrong.returncode == 2 and "is not a finished run of trial #0's configs" in wrong.stderr
+    # a run of code from before rfs_threshold existed (its train settings lack it) is the same run
+    last = torch.load(out / "last.pth", weights_only=True)
+    del last["train"]["rfs_threshold"]
+    torch.save(last, out / "last.pth")
+    res = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_compare_scores_a_run_without_per_class_figures_as_prediction_and_the_metric_do(final_run, tiny_data,

@@ -375,7 +375,7 @@ def check_resume(last: Path, identity: dict) -> dict:
     if isinstance(saved.get("config"), dict):
         saved["config"] = ArchConfig.normalised(saved["config"])
     if isinstance(saved.get("train"), dict):  # settings added since (rfs_threshold) take their defaults
-        saved["train"] = TrainConfig.from_dict(saved["train"]).to_dict()
+        saved["train"] = TrainConfig.normalised(saved["train"])
     shown = ("schedule", "seed", "data", "include_val")
     mismatched = [f"{k} ({saved.get(k)!r} -> {identity[k]!r})" if k in shown else k
                   for k in identity if saved.get(k) != identity[k]]
