@@ -26,7 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from space.config import BUDGET
 from train.classes import CLASS_NAMES, PALETTE, colorize
 from train.data import resolve_data
-from train.infer import IMAGE_SUFFIXES, describe_sizes, load_checkpoint, pick_device, predict_mask, save_mask
+from train.imageops import describe_sizes
+from train.infer import IMAGE_SUFFIXES, load_checkpoint, pick_device, predict_mask, save_mask
 from train.visual import overlay
 
 MAX_SIDE = 2048  # larger uploads are resized (with a note) before prediction

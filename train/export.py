@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from train.data import DataError, list_split, resolve_data
-from train.imageops import resize_image
-from train.infer import MEAN, STD, describe_sizes, load_checkpoint, load_rgb, pick_device, safe_load, to_tensor
+from train.imageops import describe_sizes, resize_image
+from train.infer import MEAN, STD, load_checkpoint, load_rgb, pick_device, safe_load, to_tensor
 from train.schedule import MAX_SIZE, MIN_SIZE
 
 AGREE = 0.999  # share of pixels whose argmax label must match PyTorch's

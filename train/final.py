@@ -29,9 +29,9 @@ from space.config import BUDGET, ArchConfig, TrainConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, parse_assignments, replay, sample_config
 from train.data import DataError, SplitCache, list_split, load_split, resolve_data
+from train.imageops import describe_sizes
 from train.infer import (
     DEVICE_DEFAULTS,
-    describe_sizes,
     device_defaults,
     load_rgb,
     pick_device,
@@ -446,12 +446,13 @@ def run(args: argparse.Namespace) -> Path:
     val = splits[size][1]
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
     scorer = result.scorer or evaluate(model, val, device)
-    tta_f = evaluate(model, val, device, flip_tta=True).f_measure
     sizes, rows = fixed_sizes, []
     if sizes is None:
         def val_at(s: int):
             return val if s == size else load_split(data, "val", size=s, keep_full_masks=True)
         sizes, rows = choose(model, val_at, size, device, args.flip_tta, say=lambda line: print(line, flush=True))
+    # the choice's first row is the training size, scored with flip TTA when the masks are written with it
+    tta_f = rows[0].val_f if rows and args.flip_tta else evaluate(model, val, device, flip_tta=True).f_measure
     ckpt = out / "ckpt.pth"
     params = export_checkpoint(model, arch, size, ckpt, predict_sizes=sizes)
     write_report(out, chosen, arch, params, scorer, result, args, schedule, tta_f, sizes, rows)

@@ -157,11 +157,6 @@ def safe_load(path: Path) -> dict:
     return ckpt
 
 
-def describe_sizes(sizes: tuple[int, ...]) -> str:
-    """'256 px', or '256 + 320 px (logits averaged)'."""
-    return " + ".join(str(s) for s in sizes) + " px" + (" (logits averaged)" if len(sizes) > 1 else "")
-
-
 def prediction_sizes(ckpt: dict) -> tuple[int, ...]:
     """The input sizes a checkpoint predicts at: its `predict_sizes` (chosen on val by train.final: one size, or
     two whose logits are averaged), else its training `size` (checkpoints from before that choice)."""

@@ -60,9 +60,9 @@ def repeat_factors(masks: np.ndarray | list[np.ndarray], threshold: float) -> np
     """Repeat-factor sampling (Gupta et al., LVIS 2019): class c, present in a share f_c of the images, has the
     factor max(1, sqrt(threshold / f_c)); an image, the largest factor of the classes it holds. Images holding a
     class rarer than `threshold` are drawn that many times more often; 0 = every image 1."""
-    present = np.stack([np.bincount(m.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] > 0 for m in masks])
     if threshold <= 0:
-        return np.ones(len(present))
+        return np.ones(len(masks))
+    present = np.stack([np.bincount(m.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] > 0 for m in masks])
     share = present.mean(0)
     per_class = np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12)))
     return np.where(present, per_class, 1.0).max(1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from space.config import BUDGET
+from train.imageops import describe_sizes
 from train.schedule import describe_schedule, parse_schedule
 
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts",
@@ -85,10 +86,6 @@ def search_method(proxy: dict) -> str:
     if "sampler" not in proxy:
         return "sampler and pruner not recorded by this study"
     return f"{SAMPLERS.get(proxy['sampler'], proxy['sampler'])} with {PRUNERS.get(proxy['pruner'], proxy['pruner'])}"
-
-
-def describe_sizes(sizes: tuple[int, ...]) -> str:  # as train.infer.describe_sizes, without importing torch
-    return " + ".join(str(s) for s in sizes) + " px" + (" (logits averaged)" if len(sizes) > 1 else "")
 
 
 def _figure(value) -> str:

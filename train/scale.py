@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from train.data import Split
-from train.infer import describe_sizes
+from train.imageops import describe_sizes
 from train.loop import evaluate_sizes
 from train.schedule import MAX_SIZE, MIN_SIZE
 
