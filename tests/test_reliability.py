@@ -96,12 +96,16 @@ def test_one_of_three_postgres_workers_killed_then_resumed(tiny_data, tmp_path):
     for p in procs:
         p.wait(timeout=600)
     assert [p.returncode for p in procs] == [0, -signal.SIGKILL, 0]
+    # the retry is enqueued behind the portfolio entries still waiting (trials run in queue order): the resume
+    # runs those and the retry
+    waiting = len(load(POSTGRES, study).get_trials(states=(optuna.trial.TrialState.WAITING,)))
     time.sleep(4)
-    res = subprocess.run(search_cmd(tiny_data, POSTGRES, study, 1, art), cwd=tmp_path, env=ENV,
+    res = subprocess.run(search_cmd(tiny_data, POSTGRES, study, waiting + 1, art), cwd=tmp_path, env=ENV,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     after = load(POSTGRES, study)
     assert_recovered(after, victim.number)
+    assert not after.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len([t for t in after.trials if t.state in FINISHED]) >= 3
     numbers = [t.number for t in after.trials]
     assert len(numbers) == len(set(numbers))
