@@ -25,7 +25,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from analysis.common import complete_trials, rank_correlations  # noqa: E402
 from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
-from search.rung import current_setting, name_of, rung_records, verdict  # noqa: E402
+from search.rung import current_setting, name_of, proxy_text, rung_records, verdict  # noqa: E402
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -202,10 +202,11 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
     setting = current_setting(study)
     minutes = lambda r: f"{r['final_minutes']:.0f}" if r.get("final_minutes") else "-"
     rows = "".join(f"<tr><td>{html.escape(name_of(study.trials[n]))}{' (the reference)' if r.get('reference') else ''}"
-                   f"</td><td>{r['proxy_f']:.4f}</td><td>{r['f']:.4f}</td><td>{r['seconds']:.0f}</td>"
+                   f"</td><td>{proxy_text(r['proxy_f'])}</td><td>{r['f']:.4f}</td><td>{r['seconds']:.0f}</td>"
                    f"<td>{minutes(r)}</td></tr>" for n, r in sorted(records.items(), key=lambda kv: -kv[1]["f"]))
     return "Second rung", (f"<p>The top {setting.k} complete trials, and the portfolio entry with the best proxy F "
-                           f"(the reference), trained again at {html.escape(setting.describe())}; <code>train.final "
+                           f"(the reference), trained again at {html.escape(setting.describe())}, then the best "
+                           f"searched network at the reference's recipe (the recipe stage); <code>train.final "
                            f"--study best</code> takes the best rung-2 F: {html.escape(verdict(study))}.</p>"
                            f"<table><tr><th>trial</th><th>proxy F</th><th>rung-2 F</th><th>seconds</th>"
                            f"<th>train.final, predicted minutes</th></tr>{rows}</table>")

@@ -30,6 +30,7 @@ from search.rung import (
     PENDING_ATTR,
     RungSetting,
     name_of,
+    proxy_text,
     run_rung,
     rung_records,
     verdict,
@@ -306,7 +307,7 @@ def summary(study: optuna.Study, s: Settings) -> str:
     if rung:
         lines.append(f"second rung ({len(rung)} trials), train.final predicted at {s.final_schedule}"
                      + (f", picks over {s.final_minutes:g} min left out" if s.final_minutes else "") + ":")
-        lines += [f"  {name_of(study.trials[n])}: proxy F {r['proxy_f']:.4f} -> rung-2 F {r['f']:.4f}, "
+        lines += [f"  {name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])} -> rung-2 F {r['f']:.4f}, "
                   + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
                   + (" (the reference)" if r.get("reference") else "")
                   for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
@@ -387,8 +388,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "--fix values win over it")
     p.add_argument("--rung", type=int, default=None, metavar="K",
                    help="after the proxy trials, train the top K complete trials again at --rung-size on "
-                        "--rung-subset of train (the second rung); train.final --study best takes the best of them; "
-                        "0 = off (default 3 on CPU, 0 on CUDA)")
+                        "--rung-subset of train (the second rung), with the portfolio entry of the best proxy F (the "
+                        "reference) and then the best searched network at the reference's recipe (the recipe "
+                        "stage); train.final --study best takes the best of them; 0 = off (default 3 on CPU, 0 on "
+                        "CUDA)")
     p.add_argument("--rung-size", default=None, metavar="SIZE:EPOCHS[,...]",
                    help="the second rung's resolution schedule (default 128:4,256:2 on CPU: of the rungs measured it "
                         "ordered the networks of known full F best, docs/results.md)")

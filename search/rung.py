@@ -9,8 +9,12 @@ second value per trial would be a second objective, which Hyperband cannot prune
 tau measured there is the rung's.
 
 Beside the top k, the rung always trains the reference: the portfolio entry (`space.portfolio`) with the best proxy
-F, even when it ranks below the top k. The best rung-2 F is what `train.final --study best` ships, so it ships a
-searched network only when that network beat the reference at the rung; `verdict` says which won and by how much.
+F, even when it ranks below the top k. Recipes are judged at the rung, not by the proxy (docs/results.md, "Recipe
+fidelity": over 8 recipes on one network the rung ordered the final's F with a Kendall tau 0.1 or more above the
+proxy's, the rule fixed before the runs): once those runs are done, the recipe stage trains the best searched network
+at the rung once more, at the reference's recipe (a trial of its own, user attr `recipe_stage`, FAIL in the study's
+terms as it has no proxy F). The best rung-2 F is what `train.final --study best` ships, so it ships a searched
+network only when that network beat the reference at the rung; `verdict` says which won and by how much.
 Each rung run records its seconds per epoch and per scoring at each size, and from them the predicted minutes of
 `train.final` at the device's default schedule; `search.run --final-minutes M` (study user attr `final_minutes`)
 leaves picks predicted over M out of the choice.
@@ -43,7 +47,7 @@ from optuna.trial import TrialState
 
 from search.storage import CLAIMS_SUFFIX
 from search.workers import gone, this_worker
-from space.sample import replay
+from space.sample import ADDED_PARAMS, as_trial, recipe_params, replay
 from train.data import Split
 from train.loop import NonFiniteLoss, fit_new, full_seconds, proxy_signals, stage_seconds
 from train.schedule import describe_schedule, parse_schedule
@@ -54,6 +58,8 @@ SETTING_ATTR = "rung2_setting"  # the study's current rung setting (what train.f
 MINUTES_ATTR = "final_minutes"  # search.run --final-minutes: picks predicted slower than this are left out
 FAILURES = (NonFiniteLoss, torch.OutOfMemoryError)  # a trial or rung run fails, the study goes on; else: a bug
 MAX_ATTEMPTS = 2  # a rung run that failed is tried once more
+STAGE_ATTR = "recipe_stage"  # user attr of a recipe stage trial: {"network_of": n, "recipe_of": reference number};
+# study user attr f"{STAGE_ATTR}:<setting id>": the pair the recipe stage trains at that rung setting
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,70 @@ def reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(done, key=lambda t: t.value, default=None)
 
 
-def promoted(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k best complete trials by proxy value, and the reference when it is not among them."""
+def searched(trial: optuna.trial.FrozenTrial) -> bool:
+    """A network and recipe the sampler proposed (not a portfolio entry, not a recipe stage pairing)."""
+    return "portfolio" not in trial.user_attrs and STAGE_ATTR not in trial.user_attrs
+
+
+def stage_trials(study: optuna.Study) -> dict[tuple[int, int], optuna.trial.FrozenTrial]:
+    """The recipe stage's trials by (network, recipe) pair: where two processes added one at the same moment, the
+    lower-numbered."""
+    first: dict[tuple[int, int], optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):
+        pair = t.user_attrs.get(STAGE_ATTR)
+        if pair:
+            first.setdefault((pair["network_of"], pair["recipe_of"]), t)
+    return first
+
+
+def stage_trial(study: optuna.Study, setting: RungSetting) -> optuna.trial.FrozenTrial | None:
+    """The trial the recipe stage trains at `setting` (None before the stage has chosen one)."""
+    pair = study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}")
+    return stage_trials(study).get((pair["network_of"], pair["recipe_of"])) if pair else None
+
+
+def promoted(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
+    """The k best complete trials by proxy value, the reference when it is not among them, and the recipe stage's
+    trial at this setting once it is chosen (none without a rung)."""
+    if not setting.k:
+        return []
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    top = sorted(done, key=lambda t: -t.value)[:k]
+    runs = sorted(done, key=lambda t: -t.value)[:setting.k]
     ref = reference(study)
-    return top + ([ref] if ref is not None and k and ref.number not in {t.number for t in top} else [])
+    if ref is not None and ref.number not in {t.number for t in runs}:
+        runs.append(ref)
+    stage = stage_trial(study, setting)
+    return runs + ([stage] if stage is not None and stage.number not in {t.number for t in runs} else [])
+
+
+def stage_pairing(study: optuna.Study, setting: RungSetting) -> dict | None:
+    """The recipe stage's pairing once the rung's runs at `setting` are done: the params of the best searched
+    network at the rung (among those within `final_minutes`) with the reference's recipe, and the pair; None when
+    the stage at this setting has chosen already, when there is no reference or no searched network at the rung,
+    or when that network already trains at the reference's recipe."""
+    ref = reference(study)
+    records = {n: r for n, r in within_minutes(study, rung_records(study, setting)).items()
+               if searched(study.trials[n])}
+    if f"{STAGE_ATTR}:{setting.id}" in study.user_attrs or ref is None or not records:
+        return None
+    best = study.trials[max(records, key=lambda n: records[n]["f"])]
+    recipe, own = recipe_params(ref.params), recipe_params(best.params)
+    if own == recipe:
+        return None
+    network = {k: v for k, v in {**ADDED_PARAMS, **best.params}.items() if k not in own}
+    return {"params": {**network, **recipe}, STAGE_ATTR: {"network_of": best.number, "recipe_of": ref.number}}
+
+
+def add_stage_trial(study: optuna.Study, setting: RungSetting, pairing: dict) -> optuna.trial.FrozenTrial:
+    """The pairing's trial (added to the study unless an earlier rung setting added it), chosen for `setting`."""
+    pair = pairing[STAGE_ATTR]
+    key = (pair["network_of"], pair["recipe_of"])
+    if key not in stage_trials(study):
+        study.add_trial(as_trial(pairing["params"], {
+            STAGE_ATTR: pair, "fail_reason": f"not a proxy trial: the recipe stage trains #{pair['network_of']}'s "
+                                             f"network at #{pair['recipe_of']}'s recipe at the second rung only"}))
+    study.set_user_attr(f"{STAGE_ATTR}:{setting.id}", pair)
+    return stage_trials(study)[key]
 
 
 def current_setting(study: optuna.Study) -> RungSetting | None:
@@ -120,7 +184,7 @@ def unfinished_note(study: optuna.Study) -> str | None:
     if not pending:
         return None
     setting, last = RungSetting(**pending), study.user_attrs.get(SETTING_ATTR)
-    todo = [t.number for t in promoted(study, setting.k) if t.number not in finished(study, setting)]
+    todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
     head = f"the second rung at {setting.describe()} is unfinished ({len(todo)} runs to go: " \
            f"{', '.join(f'#{n}' for n in todo)}; run the search command again to finish it)"
     if last and RungSetting(**last) != setting:
@@ -147,8 +211,15 @@ def best_by_rung(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, dict] |
 
 
 def name_of(trial: optuna.trial.FrozenTrial) -> str:
-    entry = trial.user_attrs.get("portfolio")
+    entry, pair = trial.user_attrs.get("portfolio"), trial.user_attrs.get(STAGE_ATTR)
+    if pair:
+        return f"#{trial.number} (#{pair['network_of']}'s network at #{pair['recipe_of']}'s recipe)"
     return f"#{trial.number} ({entry})" if entry else f"#{trial.number} (searched)"
+
+
+def proxy_text(value: float | None) -> str:
+    """A rung record's proxy F ("-" for a recipe stage trial, which has none)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def verdict(study: optuna.Study) -> str | None:
@@ -173,8 +244,8 @@ def verdict(study: optuna.Study) -> str | None:
     if ref == trial.number:
         rivals = [n for n in records if "portfolio" not in study.trials[n].user_attrs]
         best = max(rivals, key=lambda n: records[n]["f"], default=None)
-        beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network #{best} "
-                  f"({records[best]['f']:.4f})" if best is not None else "")
+        beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network "
+                  f"{name_of(study.trials[best])} ({records[best]['f']:.4f})" if best is not None else "")
         return f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{none_within}"
     return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}) beat the reference "
             f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) by {record['f'] - records[ref]['f']:+.4f}"
@@ -284,12 +355,38 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
              device: torch.device, final_schedule: str, say: Callable[[str], None] = print) -> float:
     """Train the promoted trials whose run at `setting` is not done and not held by another process, recording
     each as soon as it is done (with its predicted `train.final` minutes at `final_schedule`; a NaN loss or an
-    out-of-memory as a failed attempt). Once every promoted run is done, `setting` becomes the study's rung
-    setting and the pending mark is cleared. Returns the seconds spent training."""
+    out-of-memory as a failed attempt); then the recipe stage (`stage_pairing`), as one more promoted trial. Once
+    every promoted run is done, `setting` becomes the study's rung setting and the pending mark is cleared. Returns
+    the seconds spent training."""
     study.set_user_attr(PENDING_ATTR, dataclasses.asdict(setting))
-    claims, spent, ref = Claims(study), 0.0, reference(study)
-    runs = promoted(study, setting.k)
-    for trial in runs:
+    claims, spent = Claims(study), 0.0
+    while True:
+        spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say)
+        todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
+        pairing = None if todo else stage_pairing(study, setting)
+        if pairing is None:  # read again: another process may have chosen the stage's trial meanwhile
+            todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
+            break
+        trial = add_stage_trial(study, setting, pairing)
+        say(f"recipe stage: the best searched network at the rung, #{pairing[STAGE_ATTR]['network_of']}, at the "
+            f"reference's recipe: trial {trial.number}")
+    held = claims.held([f"{RUNG_ATTR}:{n}:{setting.id}" for n in todo])
+    if not todo:
+        study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+        study.set_user_attr(PENDING_ATTR, None)
+    elif held:
+        say(f"rung 2: {', '.join(k.split(':')[1] for k in held)} still trained by another process, which finishes "
+            f"the rung")
+    else:
+        say(f"rung 2: {', '.join(f'#{n}' for n in todo)} to be tried again: run the same command once more")
+    return spent
+
+
+def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
+                    splits: Mapping[int, tuple[Split, Split]], device: torch.device, final_schedule: str,
+                    say: Callable[[str], None]) -> float:
+    spent, ref = 0.0, reference(study)
+    for trial in promoted(study, setting):
         key, is_ref = f"{RUNG_ATTR}:{trial.number}:{setting.id}", ref is not None and trial.number == ref.number
         if trial.number in finished(study, setting):
             say(f"rung 2: trial {trial.number} already done at this setting")
@@ -319,17 +416,7 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
         study.set_user_attr(key, record)
         claims.release(claim, TrialState.COMPLETE, record["f"])
         spent += found["seconds"]
-        say(f"rung 2: trial {name_of(trial)}{' (the reference)' if is_ref else ''}: proxy F {trial.value:.4f} -> "
-            f"rung-2 F {record['f']:.4f} ({found['seconds']:.0f} s; train.final predicted "
-            f"{record['final_minutes'] or float('nan'):.0f} min at {final_schedule})")
-    todo = [t.number for t in runs if t.number not in finished(study, setting)]
-    held = claims.held([f"{RUNG_ATTR}:{n}:{setting.id}" for n in todo])
-    if not todo:
-        study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
-        study.set_user_attr(PENDING_ATTR, None)
-    elif held:
-        say(f"rung 2: {', '.join(k.split(':')[1] for k in held)} still trained by another process, which finishes "
-            f"the rung")
-    else:
-        say(f"rung 2: {', '.join(f'#{n}' for n in todo)} to be tried again: run the same command once more")
+        say(f"rung 2: trial {name_of(trial)}{' (the reference)' if is_ref else ''}: proxy F "
+            f"{proxy_text(trial.value)} -> rung-2 F {record['f']:.4f} ({found['seconds']:.0f} s; train.final "
+            f"predicted {record['final_minutes'] or float('nan'):.0f} min at {final_schedule})")
     return spent

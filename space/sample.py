@@ -229,6 +229,29 @@ def recipe_params(params: dict) -> dict:
     return dict(fixed.params)
 
 
+def as_trial(params: dict, user_attrs: dict | None = None) -> optuna.trial.FrozenTrial:
+    """A configuration that has no proxy score (a hand preset, the recipe stage's pairing of a network and a
+    recipe) as a FAIL trial of an in-memory study: the space sampled with `params` fixed (parameters added to the
+    space since they were written take their old value), so the trial holds the params it asks for, their
+    distributions and the user attrs sampling sets, and replays as any searched trial. A parameter the space asks
+    for that `params` lacks is an error, never a random draw."""
+    params = {**ADDED_PARAMS, **params}
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(level)
+    study.enqueue_trial(params, user_attrs=user_attrs)
+    trial = study.ask()
+    sample_config(trial)
+    drawn = sorted(set(trial.params) - set(params))
+    if drawn:
+        raise SpaceError(f"the configuration lacks {', '.join(drawn)}: a parameter of the space it must name")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no proxy score: it was never trained there
+    return study.trials[0]
+
+
 def replay_params(params: dict) -> tuple[ArchConfig, LossConfig, TrainConfig]:
     """The configs of a params dict (parameters added to the space since it was written take their old value)."""
     return sample_config(optuna.trial.FixedTrial({**ADDED_PARAMS, **params}))

@@ -326,7 +326,7 @@ def test_two_processes_on_one_journal_train_each_rung_run_once(tiny_data, tmp_pa
                if line.startswith("rung 2: trial") and "-> rung-2 F" in line]
     study = load(storage, "r")
     records = rung_mod.rung_records(study, setting)
-    assert len(records) == len(trained) == len(rung_mod.promoted(study, 3)), trained  # each run once, all runs
+    assert len(records) == len(trained) == len(rung_mod.promoted(study, setting)), trained  # each run once, all runs
     assert study.user_attrs[rung_mod.PENDING_ATTR] is None
     assert rung_mod.current_setting(study) == setting
 

@@ -37,7 +37,8 @@ def test_the_top_k_are_promoted_and_their_rung_values_land_in_the_study(tiny_dat
     complete = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: -t.value)
     assert len(complete) >= 3
     records = rung_records(study)
-    assert set(records) == {complete[0].number, complete[1].number}  # exactly k = 2: the two best proxies
+    stage = {t.number for t in rung_mod.stage_trials(study).values()}  # the recipe stage's pairing, if it had one
+    assert set(records) - stage == {complete[0].number, complete[1].number}  # exactly k = 2: the two best proxies
     for number, record in records.items():
         assert 0 <= record["f"] <= 1 and record["f"] == record["mean_last2_f"]  # the study's signal
         assert record["proxy_f"] == study.trials[number].value and record["schedule"] == "32:2"
@@ -142,6 +143,7 @@ def test_the_reference_is_trained_at_the_rung_when_it_ranks_below_the_top_k(monk
     setting = RungSetting(2, "128:4,256:2", 1.0, "mean_last2_f", 0)
     rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lambda line: None)
     assert calls == [0, 2, 1]  # the top 2, then the best portfolio entry (4th by proxy), not the other entry
+    assert not rung_mod.stage_trials(study)  # every network trains at the reference's recipe: no recipe stage
     records = rung_records(study)
     assert records[1]["reference"] and not records[0]["reference"] and not records[2]["reference"]
     # train.final's minutes at 128:24,256:12 from the recorded seconds: 24 x 10 + 12 x 40 s of training, and 10
@@ -164,7 +166,7 @@ def test_study_best_ships_the_reference_when_it_has_the_best_rung_f(tmp_path):
     chosen = choose_trial(storage, "r", None)
     assert chosen.trial.number == 2
     assert ("the reference #2 (dw_unet@R85) won the rung (rung-2 F 0.7200), +0.0200 over the best searched "
-            "network #0 (0.7000)") in chosen.decided_by
+            "network #0 (searched) (0.7000)") in chosen.decided_by
     study.set_user_attr(f"{RUNG_ATTR}:1:{setting.id}", {"f": 0.75, "proxy_f": 0.58, "reference": False})
     chosen = choose_trial(storage, "r", None)
     assert chosen.trial.number == 1
@@ -227,3 +229,123 @@ def test_stage_seconds_from_a_history():
     times = stage_seconds(history, subset=0.5)  # a run on half of train: an epoch on all of it takes twice as long
     assert times == {128: {"epoch_s": 20.0, "score_s": 1.0}, 256: {"epoch_s": 80.0, "score_s": 8.0}}
     assert stage_seconds([{"size": 64, "seconds": 1.0}]) == {}  # a history from before train_seconds was kept
+
+
+OTHER_RECIPE = {"loss_dice": 0.5, "batch_size": 16, "lr_adamw": 0.003}
+
+
+def _study_of(rows: list[tuple[dict, dict, float]], storage=None) -> optuna.Study:
+    """A study of complete trials: (params, user attrs, proxy F) each."""
+    study = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    for params, attrs, proxy in rows:
+        study.enqueue_trial(params, user_attrs=attrs)
+        trial = study.ask()
+        sample_config(trial)
+        study.tell(trial, proxy)
+    return study
+
+
+def test_the_recipe_stage_trains_the_rungs_best_searched_network_at_the_references_recipe(tmp_path, monkeypatch):
+    from analysis.report import second_rung
+    from space.sample import recipe_params, replay
+    from train.final import choose_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["deeplab_lite"], **R85, **OTHER_RECIPE}, {}, 0.55),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)], storage)
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.75}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0)
+    lines = []
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)
+    assert calls == [0, 1, 2, 3]  # the top 2, the reference, then the stage: #1 (best searched at the rung)
+    stage = study.trials[3]
+    assert stage.state == optuna.trial.TrialState.FAIL and stage.value is None  # no proxy F: nothing for TPE
+    assert stage.user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 1, "recipe_of": 2}
+    (arch, loss, train), (arch1, _, _), (_, loss2, train2) = (replay(study.trials[n]) for n in (3, 1, 2))
+    assert arch == arch1 and loss == loss2 and train == train2  # #1's network, the reference's recipe
+    assert recipe_params(stage.params) == recipe_params(study.trials[2].params)
+    assert study.user_attrs[PENDING_ATTR] is None and rung_records(study)[3]["proxy_f"] is None
+    assert "recipe stage: the best searched network at the rung, #1, at the reference's recipe: trial 3" in lines
+    assert any(line.startswith("rung 2: trial #3 (#1's network at #2's recipe): proxy F - -> rung-2 F 0.7500")
+               for line in lines), lines
+    chosen = choose_trial(storage, "r", None)  # train.final --study best ships the pairing
+    assert chosen.trial.number == 3 and chosen.trial.params == stage.params
+    assert ("the rung's pick #3 (#1's network at #2's recipe) (rung-2 F 0.7500) beat the reference #2 (dw_unet@R85) "
+            "(0.7100) by +0.0400") in chosen.decided_by
+    assert "<td>-</td><td>0.7500</td>" in second_rung(study, tmp_path)[1]  # the report: no proxy F for it
+    calls.clear()
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lambda line: None)  # run again: nothing new
+    assert calls == [] and len(study.trials) == 4
+
+
+def test_no_recipe_stage_without_a_reference(monkeypatch):
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["dw_unet"], **R85}, {}, 0.50)])
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    rung_mod.run_rung(study, RungSetting(2, "32:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=print)
+    assert calls == [0, 1] and not rung_mod.stage_trials(study) and len(study.trials) == 2
+
+
+def test_the_recipe_stage_keeps_a_network_from_before_a_parameter_existed(monkeypatch):
+    from space.sample import replay
+
+    new = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60)]).trials[0]
+    old = optuna.trial.create_trial(  # searched before decoder_cbam existed: it replays with decoder_cbam=False
+        params={k: v for k, v in new.params.items() if k != "decoder_cbam"},
+        distributions={k: v for k, v in new.distributions.items() if k != "decoder_cbam"},
+        value=0.60, user_attrs=dict(new.user_attrs))
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(old)
+    study.add_trial(_study_of([({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)]).trials[0])
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at([], {0: 0.70, 1: 0.60}))
+    for seed in range(8):  # a random draw for the missing parameter would differ between runs
+        stage = rung_mod.add_stage_trial(study, RungSetting(1, f"32:{seed + 1}", 1.0, "last_f", 0),
+                                         {"params": {**{k: v for k, v in old.params.items() if k not in R85}, **R85},
+                                          rung_mod.STAGE_ATTR: {"network_of": 0, "recipe_of": 100 + seed}})
+        assert stage.params["decoder_cbam"] is False
+    rung_mod.run_rung(study, RungSetting(1, "32:9", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=lambda _: None)
+    stage = rung_mod.stage_trial(study, RungSetting(1, "32:9", 1.0, "last_f", 0))
+    assert stage.user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 0, "recipe_of": 1}
+    assert replay(stage)[0] == replay(study.trials[0])[0]  # the very network of #0
+
+
+def test_a_stage_trial_chosen_by_another_process_keeps_the_rung_pending(tmp_path, monkeypatch):
+    path = f"sqlite:///{tmp_path / 's.db'}"
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)],
+                      open_storage(path, heartbeat=None))
+    setting, real = RungSetting(1, "32:2", 1.0, "last_f", 0), rung_mod.stage_pairing
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+
+    def other_process_first(study, setting):  # between this process's last run and its stage_pairing call
+        other = optuna.load_study(study_name="r", storage=open_storage(path, heartbeat=None))
+        if f"{rung_mod.STAGE_ATTR}:{setting.id}" not in other.user_attrs:
+            claim = rung_mod.Claims(other).take(f"{RUNG_ATTR}:2:{setting.id}")  # and starts training it
+            assert rung_mod.add_stage_trial(other, setting, real(other, setting)).number == 2 and claim is not None
+        return real(study, setting)
+
+    monkeypatch.setattr(rung_mod, "stage_pairing", other_process_first)
+    lines = []
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)
+    assert calls == [0, 1]  # not the stage's trial: the other process trains it
+    assert study.user_attrs[PENDING_ATTR] is not None and not study.user_attrs.get(SETTING_ATTR)
+    assert "still trained by another process" in lines[-1] and "unfinished" in rung_mod.unfinished_note(study)
+
+
+def test_a_new_rung_setting_trains_only_its_own_stage_trial(monkeypatch):
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["deeplab_lite"], **R85, **OTHER_RECIPE}, {}, 0.55),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)])
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {0: 0.70, 1: 0.72, 2: 0.71, 4: 0.80}))
+    rung_mod.run_rung(study, RungSetting(2, "32:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=print)
+    assert calls == [0, 1, 2, 3]  # #3: #1's network at #2's recipe
+    study.add_trial(_study_of([({**PRESETS["bisenet_style"], **R85, **OTHER_RECIPE}, {}, 0.65)]).trials[0])  # #4
+    calls.clear()
+    rung_mod.run_rung(study, RungSetting(2, "48:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=print)
+    assert calls == [4, 0, 2, 5]  # the new top 2, the reference, then #4's network at #2's recipe: not #3 again
+    assert study.trials[5].user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 4, "recipe_of": 2}

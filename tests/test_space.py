@@ -143,3 +143,14 @@ def test_trials_stored_before_a_parameter_was_added_replay_to_the_same_network()
         assert not arch.decoder_cbam and count_params(arch) == t.user_attrs["params"]
         old = {k: v for k, v in arch.to_dict().items() if k != "decoder_cbam"}
         assert ArchConfig.normalised(old) == arch.to_dict() != old
+
+
+def test_as_trial_fills_added_params_and_refuses_a_missing_one():
+    from space.sample import ADDED_PARAMS, SpaceError, as_trial
+
+    params = {k: v for k, v in PRESETS["dw_unet"].items() if k not in ADDED_PARAMS}
+    trial = as_trial(params, {"preset": "dw_unet"})
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["preset"] == "dw_unet"
+    assert {k: trial.params[k] for k in ADDED_PARAMS} == ADDED_PARAMS  # their old value, never a random draw
+    with pytest.raises(SpaceError, match="lacks s1_depth"):
+        as_trial({k: v for k, v in params.items() if k != "s1_depth"})

@@ -27,7 +27,7 @@ from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_tri
 from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig, TrainConfig
 from space.presets import PRESETS
-from space.sample import SpaceError, parse_assignments, replay, sample_config
+from space.sample import SpaceError, as_trial, parse_assignments, replay
 from train.data import DataError, SplitCache, list_split, load_split, resolve_data
 from train.imageops import describe_sizes
 from train.infer import (
@@ -130,12 +130,7 @@ def preset_trial(name: str) -> Chosen:
     """A hand-designed preset as a trial (in memory), so baselines go through the same replay as searched nets."""
     if name not in PRESETS:
         raise FinalError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(PRESETS[name], user_attrs={"preset": name})
-    trial = study.ask()
-    sample_config(trial)
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no proxy score: it was never trained here
-    return Chosen(f"preset-{name}", study.trials[0], decided_by="--preset (hand-designed)")
+    return Chosen(f"preset-{name}", as_trial(PRESETS[name], {"preset": name}), decided_by="--preset (hand-designed)")
 
 
 def describe_arch(arch: ArchConfig) -> str:
