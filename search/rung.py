@@ -359,9 +359,10 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
     every promoted run is done, `setting` becomes the study's rung setting and the pending mark is cleared. Returns
     the seconds spent training."""
     study.set_user_attr(PENDING_ATTR, dataclasses.asdict(setting))
-    claims, spent = Claims(study), 0.0
-    while True:
-        spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say)
+    claims, spent, skip_done = Claims(study), 0.0, False
+    while True:  # a second pass only after the recipe stage chose its trial: the runs done before go unsaid
+        spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say, skip_done)
+        skip_done = True
         todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
         pairing = None if todo else stage_pairing(study, setting)
         if pairing is None:  # read again: another process may have chosen the stage's trial meanwhile
@@ -384,12 +385,13 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
 
 def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                     splits: Mapping[int, tuple[Split, Split]], device: torch.device, final_schedule: str,
-                    say: Callable[[str], None]) -> float:
+                    say: Callable[[str], None], skip_done: bool = False) -> float:
     spent, ref = 0.0, reference(study)
     for trial in promoted(study, setting):
         key, is_ref = f"{RUNG_ATTR}:{trial.number}:{setting.id}", ref is not None and trial.number == ref.number
         if trial.number in finished(study, setting):
-            say(f"rung 2: trial {trial.number} already done at this setting")
+            if not skip_done:
+                say(f"rung 2: trial {trial.number} already done at this setting")
             continue
         claim = claims.take(key)
         if claim is None:

@@ -268,6 +268,7 @@ def test_the_recipe_stage_trains_the_rungs_best_searched_network_at_the_referenc
     assert recipe_params(stage.params) == recipe_params(study.trials[2].params)
     assert study.user_attrs[PENDING_ATTR] is None and rung_records(study)[3]["proxy_f"] is None
     assert "recipe stage: the best searched network at the rung, #1, at the reference's recipe: trial 3" in lines
+    assert not [line for line in lines if "already done" in line]  # the stage's pass does not repeat the runs
     assert any(line.startswith("rung 2: trial #3 (#1's network at #2's recipe): proxy F - -> rung-2 F 0.7500")
                for line in lines), lines
     chosen = choose_trial(storage, "r", None)  # train.final --study best ships the pairing
