@@ -25,7 +25,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from analysis.common import complete_trials, rank_correlations  # noqa: E402
 from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
-from search.rung import current_setting, name_of, proxy_text, rung_records, verdict  # noqa: E402
+from search.rung import current_setting, name_of, proxy_text, rung_records, stage_trials_at, verdict  # noqa: E402
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -204,10 +204,13 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
     rows = "".join(f"<tr><td>{html.escape(name_of(study.trials[n]))}{' (the reference)' if r.get('reference') else ''}"
                    f"</td><td>{proxy_text(r['proxy_f'])}</td><td>{r['f']:.4f}</td><td>{r['seconds']:.0f}</td>"
                    f"<td>{minutes(r)}</td></tr>" for n, r in sorted(records.items(), key=lambda kv: -kv[1]["f"]))
+    stage = (", then the best searched network at the reference's recipe (the recipe stage)"
+             if stage_trials_at(study, setting) else
+             " (no recipe stage: no portfolio entry, or the best searched network trains at the reference's recipe)")
     return "Second rung", (f"<p>The top {setting.k} complete trials, and the portfolio entry with the best proxy F "
-                           f"(the reference), trained again at {html.escape(setting.describe())}, then the best "
-                           f"searched network at the reference's recipe (the recipe stage); <code>train.final "
-                           f"--study best</code> takes the best rung-2 F: {html.escape(verdict(study))}.</p>"
+                           f"(the reference), trained again at {html.escape(setting.describe())}{stage}; "
+                           f"<code>train.final --study best</code> takes the best rung-2 F: "
+                           f"{html.escape(verdict(study))}.</p>"
                            f"<table><tr><th>trial</th><th>proxy F</th><th>rung-2 F</th><th>seconds</th>"
                            f"<th>train.final, predicted minutes</th></tr>{rows}</table>")
 

@@ -389,9 +389,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rung", type=int, default=None, metavar="K",
                    help="after the proxy trials, train the top K complete trials again at --rung-size on "
                         "--rung-subset of train (the second rung), with the portfolio entry of the best proxy F (the "
-                        "reference) and then the best searched network at the reference's recipe (the recipe "
-                        "stage); train.final --study best takes the best of them; 0 = off (default 3 on CPU, 0 on "
-                        "CUDA)")
+                        "reference) and then, when its recipe differs, the best searched network at the reference's "
+                        "recipe (the recipe stage); train.final --study best takes the best of them; 0 = off "
+                        "(default 3 on CPU, 0 on CUDA)")
     p.add_argument("--rung-size", default=None, metavar="SIZE:EPOCHS[,...]",
                    help="the second rung's resolution schedule (default 128:4,256:2 on CPU: of the rungs measured it "
                         "ordered the networks of known full F best, docs/results.md)")

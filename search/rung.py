@@ -59,7 +59,8 @@ MINUTES_ATTR = "final_minutes"  # search.run --final-minutes: picks predicted sl
 FAILURES = (NonFiniteLoss, torch.OutOfMemoryError)  # a trial or rung run fails, the study goes on; else: a bug
 MAX_ATTEMPTS = 2  # a rung run that failed is tried once more
 STAGE_ATTR = "recipe_stage"  # user attr of a recipe stage trial: {"network_of": n, "recipe_of": reference number};
-# study user attr f"{STAGE_ATTR}:<setting id>": the pair the recipe stage trains at that rung setting
+# study user attr f"{STAGE_ATTR}:<setting id>": the pairs the recipe stage trained at that rung setting (a later
+# search at the same setting whose rung finds a new best searched network adds its pair)
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,11 @@ def stage_trials(study: optuna.Study) -> dict[tuple[int, int], optuna.trial.Froz
     return first
 
 
-def stage_trial(study: optuna.Study, setting: RungSetting) -> optuna.trial.FrozenTrial | None:
-    """The trial the recipe stage trains at `setting` (None before the stage has chosen one)."""
-    pair = study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}")
-    return stage_trials(study).get((pair["network_of"], pair["recipe_of"])) if pair else None
+def stage_trials_at(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
+    """The trials the recipe stage chose at `setting` (none before it has chosen one)."""
+    trials = stage_trials(study)
+    pairs = [(p["network_of"], p["recipe_of"]) for p in study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}", [])]
+    return [trials[p] for p in pairs if p in trials]
 
 
 def promoted(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
@@ -118,26 +120,26 @@ def promoted(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.Fro
     ref = reference(study)
     if ref is not None and ref.number not in {t.number for t in runs}:
         runs.append(ref)
-    stage = stage_trial(study, setting)
-    return runs + ([stage] if stage is not None and stage.number not in {t.number for t in runs} else [])
+    return runs + [t for t in stage_trials_at(study, setting) if t.number not in {r.number for r in runs}]
 
 
 def stage_pairing(study: optuna.Study, setting: RungSetting) -> dict | None:
     """The recipe stage's pairing once the rung's runs at `setting` are done: the params of the best searched
     network at the rung (among those within `final_minutes`) with the reference's recipe, and the pair; None when
-    the stage at this setting has chosen already, when there is no reference or no searched network at the rung,
-    or when that network already trains at the reference's recipe."""
+    there is no reference or no searched network at the rung, when that network already trains at the reference's
+    recipe, or when the stage at this setting has trained the pair already."""
     ref = reference(study)
     records = {n: r for n, r in within_minutes(study, rung_records(study, setting)).items()
                if searched(study.trials[n])}
-    if f"{STAGE_ATTR}:{setting.id}" in study.user_attrs or ref is None or not records:
+    if ref is None or not records:
         return None
     best = study.trials[max(records, key=lambda n: records[n]["f"])]
     recipe, own = recipe_params(ref.params), recipe_params(best.params)
-    if own == recipe:
+    pair = {"network_of": best.number, "recipe_of": ref.number}
+    if own == recipe or pair in study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}", []):
         return None
     network = {k: v for k, v in {**ADDED_PARAMS, **best.params}.items() if k not in own}
-    return {"params": {**network, **recipe}, STAGE_ATTR: {"network_of": best.number, "recipe_of": ref.number}}
+    return {"params": {**network, **recipe}, STAGE_ATTR: pair}
 
 
 def add_stage_trial(study: optuna.Study, setting: RungSetting, pairing: dict) -> optuna.trial.FrozenTrial:
@@ -148,7 +150,10 @@ def add_stage_trial(study: optuna.Study, setting: RungSetting, pairing: dict) ->
         study.add_trial(as_trial(pairing["params"], {
             STAGE_ATTR: pair, "fail_reason": f"not a proxy trial: the recipe stage trains #{pair['network_of']}'s "
                                              f"network at #{pair['recipe_of']}'s recipe at the second rung only"}))
-    study.set_user_attr(f"{STAGE_ATTR}:{setting.id}", pair)
+    key_attr = f"{STAGE_ATTR}:{setting.id}"
+    chosen = study.user_attrs.get(key_attr, [])
+    if pair not in chosen:
+        study.set_user_attr(key_attr, [*chosen, pair])
     return stage_trials(study)[key]
 
 
@@ -185,8 +190,9 @@ def unfinished_note(study: optuna.Study) -> str | None:
         return None
     setting, last = RungSetting(**pending), study.user_attrs.get(SETTING_ATTR)
     todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
-    head = f"the second rung at {setting.describe()} is unfinished ({len(todo)} runs to go: " \
-           f"{', '.join(f'#{n}' for n in todo)}; run the search command again to finish it)"
+    runs = (f"{len(todo)} runs to go: {', '.join(f'#{n}' for n in todo)}" if todo else
+            "the recipe stage's run is still to be chosen and trained")
+    head = f"the second rung at {setting.describe()} is unfinished ({runs}; run the search command again to finish it)"
     if last and RungSetting(**last) != setting:
         return f"{head}; choosing by the last finished rung, at {RungSetting(**last).describe()}"
     return f"{head}; choosing among the {len(rung_records(study, setting))} runs it finished"

@@ -308,7 +308,7 @@ def test_the_recipe_stage_keeps_a_network_from_before_a_parameter_existed(monkey
                                           rung_mod.STAGE_ATTR: {"network_of": 0, "recipe_of": 100 + seed}})
         assert stage.params["decoder_cbam"] is False
     rung_mod.run_rung(study, RungSetting(1, "32:9", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=lambda _: None)
-    stage = rung_mod.stage_trial(study, RungSetting(1, "32:9", 1.0, "last_f", 0))
+    stage, = rung_mod.stage_trials_at(study, RungSetting(1, "32:9", 1.0, "last_f", 0))
     assert stage.user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 0, "recipe_of": 1}
     assert replay(stage)[0] == replay(study.trials[0])[0]  # the very network of #0
 
@@ -350,3 +350,34 @@ def test_a_new_rung_setting_trains_only_its_own_stage_trial(monkeypatch):
     rung_mod.run_rung(study, RungSetting(2, "48:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=print)
     assert calls == [4, 0, 2, 5]  # the new top 2, the reference, then #4's network at #2's recipe: not #3 again
     assert study.trials[5].user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 4, "recipe_of": 2}
+
+
+def test_a_later_search_at_the_same_setting_pairs_its_new_best_network_too(monkeypatch):
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["deeplab_lite"], **R85, **OTHER_RECIPE}, {}, 0.55),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)])
+    calls, setting = [], RungSetting(2, "32:2", 1.0, "last_f", 0)
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {0: 0.70, 1: 0.72, 2: 0.71, 4: 0.90}))
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    study.add_trial(_study_of([({**PRESETS["bisenet_style"], **R85, **OTHER_RECIPE}, {}, 0.65)]).trials[0])  # #4
+    calls.clear()
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)  # the same command once more
+    assert calls == [4, 5]  # the new best searched network at the rung, then it at the reference's recipe
+    assert [t.user_attrs[rung_mod.STAGE_ATTR]["network_of"] for t in rung_mod.stage_trials_at(study, setting)] == [1, 4]
+    assert set(rung_records(study)) == {0, 1, 2, 3, 4, 5}  # the first pairing stays a candidate
+
+
+def test_train_final_says_when_only_the_recipe_stage_is_left(monkeypatch):
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)])
+    setting = RungSetting(1, "32:2", 1.0, "last_f", 0)
+
+    def killed(study, setting, pairing):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at([], {}))
+    monkeypatch.setattr(rung_mod, "add_stage_trial", killed)  # killed after the last run, before the stage
+    with pytest.raises(KeyboardInterrupt):
+        rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    note = rung_mod.unfinished_note(study)
+    assert "(the recipe stage's run is still to be chosen and trained; run the search command again" in note, note
