@@ -103,10 +103,15 @@ def stage_trials(study: optuna.Study) -> dict[tuple[int, int], optuna.trial.Froz
     return first
 
 
+def stage_pairs(study: optuna.Study, setting: RungSetting) -> list[dict]:
+    """The pairs the recipe stage chose at `setting`, in order."""
+    return study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}", [])
+
+
 def stage_trials_at(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
     """The trials the recipe stage chose at `setting` (none before it has chosen one)."""
     trials = stage_trials(study)
-    pairs = [(p["network_of"], p["recipe_of"]) for p in study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}", [])]
+    pairs = [(p["network_of"], p["recipe_of"]) for p in stage_pairs(study, setting)]
     return [trials[p] for p in pairs if p in trials]
 
 
@@ -136,7 +141,7 @@ def stage_pairing(study: optuna.Study, setting: RungSetting) -> dict | None:
     best = study.trials[max(records, key=lambda n: records[n]["f"])]
     recipe, own = recipe_params(ref.params), recipe_params(best.params)
     pair = {"network_of": best.number, "recipe_of": ref.number}
-    if own == recipe or pair in study.user_attrs.get(f"{STAGE_ATTR}:{setting.id}", []):
+    if own == recipe or pair in stage_pairs(study, setting):
         return None
     network = {k: v for k, v in {**ADDED_PARAMS, **best.params}.items() if k not in own}
     return {"params": {**network, **recipe}, STAGE_ATTR: pair}
@@ -150,10 +155,9 @@ def add_stage_trial(study: optuna.Study, setting: RungSetting, pairing: dict) ->
         study.add_trial(as_trial(pairing["params"], {
             STAGE_ATTR: pair, "fail_reason": f"not a proxy trial: the recipe stage trains #{pair['network_of']}'s "
                                              f"network at #{pair['recipe_of']}'s recipe at the second rung only"}))
-    key_attr = f"{STAGE_ATTR}:{setting.id}"
-    chosen = study.user_attrs.get(key_attr, [])
+    chosen = stage_pairs(study, setting)
     if pair not in chosen:
-        study.set_user_attr(key_attr, [*chosen, pair])
+        study.set_user_attr(f"{STAGE_ATTR}:{setting.id}", [*chosen, pair])
     return stage_trials(study)[key]
 
 
@@ -183,13 +187,18 @@ def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
     return {n for n, r in _records(study, setting).items() if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS}
 
 
+def unfinished(study: optuna.Study, setting: RungSetting) -> list[int]:
+    """The promoted trials whose run at `setting` is not done yet."""
+    return [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
+
+
 def unfinished_note(study: optuna.Study) -> str | None:
     """A line for train.final when a rung is unfinished: which rung the choice comes from instead."""
     pending = study.user_attrs.get(PENDING_ATTR)
     if not pending:
         return None
     setting, last = RungSetting(**pending), study.user_attrs.get(SETTING_ATTR)
-    todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
+    todo = unfinished(study, setting)
     runs = (f"{len(todo)} runs to go: {', '.join(f'#{n}' for n in todo)}" if todo else
             "the recipe stage's run is still to be chosen and trained")
     head = f"the second rung at {setting.describe()} is unfinished ({runs}; run the search command again to finish it)"
@@ -369,10 +378,12 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
     while True:  # a second pass only after the recipe stage chose its trial: the runs done before go unsaid
         spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say, skip_done)
         skip_done = True
-        todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
-        pairing = None if todo else stage_pairing(study, setting)
-        if pairing is None:  # read again: another process may have chosen the stage's trial meanwhile
-            todo = [t.number for t in promoted(study, setting) if t.number not in finished(study, setting)]
+        todo = unfinished(study, setting)
+        if todo:
+            break
+        pairing = stage_pairing(study, setting)
+        if pairing is None:
+            todo = unfinished(study, setting)  # read again: another process may have chosen the stage's trial
             break
         trial = add_stage_trial(study, setting, pairing)
         say(f"recipe stage: the best searched network at the rung, #{pairing[STAGE_ATTR]['network_of']}, at the "
