@@ -46,11 +46,16 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     defaults = run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu"]))
     assert (defaults.rung_k, defaults.rung_schedule, defaults.rung_subset) == (3, "128:4,256:2", 1.0)
     assert defaults.rung() == RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
+    # picks whose final is predicted over 40 minutes are left out on the CPU (the whole flow within 2 hours); inf: off
+    assert defaults.final_minutes == cpu["final_minutes"] == 40.0
+    assert run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu",
+                                                          "--final-minutes", "inf"])).final_minutes is None
     res = run_cli(*search_args(tiny_data, storage, art, 3, "--rung-size", "32:2", rung=True), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rung = RungSetting(3, "32:2", cpu["rung_subset"], cpu["signal"], 0)
     assert f"rung 2: the top 3 complete trials at {rung.describe()}" in res.stdout
     study = load(storage)
+    assert study.user_attrs["final_minutes"] == 40.0  # what train.final --study best reads
     # a new study starts from the portfolio, in its order, at the entries' own recipe (R85): all four entries are
     # enqueued, three trained (--trials 3), the fourth waits for the next run
     assert [t.user_attrs.get("portfolio") for t in study.trials] == [e.name for e in PORTFOLIO]

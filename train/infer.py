@@ -49,12 +49,16 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
 # cores (issue 20's table in docs/results.md: 128:24,256:12, 0.8145, about 28 minutes). The CPU rung, 128:4,256:2 on all
 # of train, ordered the 8 arch-tpe networks of known full F exactly (tau 1.0 by mean_last2_f, 11 of 11 close pairs,
 # against 128:20; tau 0.929, 14 of 15, against the new final), where 128:4 on 40 % reached 0.714 (docs/results.md).
+# The CPU's final_minutes (picks whose train.final is predicted over it are left out, search.rung) keeps the whole
+# flow within 2 hours: the search at these defaults took 72 minutes and the part after training about 4, so 120 - 72
+# - 4 = 44 less a margin for the search's own spread (docs/results.md, "The whole CPU flow at the new defaults").
 DEVICE_DEFAULTS = {
     "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, signal="mean_last2_f", flops_cap=1.0,
                 rung_k=3, rung_schedule="128:4,256:2", rung_subset=1.0, final_schedule="128:24,256:12",
-                loader_workers=0),
+                final_minutes=40.0, loader_workers=0),
     "cuda": dict(proxy_size=256, proxy_epochs=12, subset=1.0, signal="last_f", flops_cap=0.0,
-                 rung_k=0, rung_schedule="512:8", rung_subset=1.0, final_schedule="512:60", loader_workers=6),
+                 rung_k=0, rung_schedule="512:8", rung_subset=1.0, final_schedule="512:60", final_minutes=None,
+                 loader_workers=6),
 }
 
 
