@@ -390,7 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the proxy trials, train the top K complete trials again at --rung-size on "
                         "--rung-subset of train (the second rung), with the portfolio entry of the best proxy F (the "
                         "reference) and then, when its recipe differs, the best searched network at the reference's "
-                        "recipe (the recipe stage); train.final --study best takes the best of them; 0 = off "
+                        "recipe (the recipe stage); train.final --study best takes the best of them (among those "
+                        "within --final-minutes); 0 = off "
                         "(default 3 on CPU, 0 on CUDA)")
     p.add_argument("--rung-size", default=None, metavar="SIZE:EPOCHS[,...]",
                    help="the second rung's resolution schedule (default 128:4,256:2 on CPU: of the rungs measured it "
@@ -401,8 +402,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="leave out of the rung's choice any trial whose train.final, at the device's default "
                         "schedule, is predicted to take over M minutes (each rung run records its seconds per epoch "
                         "and per scoring at each size; the summary prints every promoted trial's prediction). "
-                        "Default 40 on the CPU, which keeps the whole flow (this search, then train.final) within "
-                        "2 hours on two cores; off on CUDA; inf turns it off")
+                        "Default 40 on the CPU, meant to keep the whole flow (this search, then train.final) within "
+                        "2 hours on two cores; off on CUDA; inf turns it off; a resumed study keeps the limit it "
+                        "recorded unless this flag is given")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -518,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
-    record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
+    record_settings(study, s, minutes_given=args.final_minutes is not None)  # before the portfolio: a process
+    # started together that sees trials sees them
     dropped = enter_portfolio(study, storage, s, given=args.portfolio is not None)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
@@ -575,8 +578,17 @@ def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
     return rung
 
 
-def record_settings(study: optuna.Study, s: Settings) -> None:
-    """What the study was searched under, as study user attrs (train.final and analysis read them)."""
+def record_settings(study: optuna.Study, s: Settings, minutes_given: bool = True) -> None:
+    """What the study was searched under, as study user attrs (train.final and analysis read them). A study that
+    recorded a `final_minutes` keeps it unless `--final-minutes` was given (`minutes_given`): a new default does not
+    change an earlier study's pick; a given value that changes it is said."""
+    if MINUTES_ATTR in study.user_attrs and not minutes_given:
+        s.final_minutes = study.user_attrs[MINUTES_ATTR]
+    elif study.user_attrs.get(MINUTES_ATTR, s.final_minutes) != s.final_minutes:
+        said = lambda m: "inf" if m is None else f"{m:g}"
+        print(f"note: --final-minutes {said(s.final_minutes)} replaces the study's "
+              f"{said(study.user_attrs[MINUTES_ATTR])}: train.final --study best chooses under the new limit",
+              flush=True)
     study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
     study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
                                   "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed,

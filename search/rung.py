@@ -130,12 +130,12 @@ def promoted(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.Fro
 
 def stage_pairing(study: optuna.Study, setting: RungSetting) -> dict | None:
     """The recipe stage's pairing once the rung's runs at `setting` are done: the params of the best searched
-    network at the rung (among those within `final_minutes`) with the reference's recipe, and the pair; None when
+    network at the rung (over `final_minutes` or not: the recipe sets much of a final's time, and the pair's own
+    prediction is judged against it like any other) with the reference's recipe, and the pair; None when
     there is no reference or no searched network at the rung, when that network already trains at the reference's
     recipe, or when the stage at this setting has trained the pair already."""
     ref = reference(study)
-    records = {n: r for n, r in within_minutes(study, rung_records(study, setting)).items()
-               if searched(study.trials[n])}
+    records = {n: r for n, r in rung_records(study, setting).items() if searched(study.trials[n])}
     if ref is None or not records:
         return None
     best = study.trials[max(records, key=lambda n: records[n]["f"])]
@@ -257,11 +257,16 @@ def verdict(study: optuna.Study) -> str | None:
                 f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) was left out: predicted "
                 f"{records[ref].get('final_minutes', 0.0):.0f} min > --final-minutes {limit:g}")
     if ref == trial.number:
-        rivals = [n for n in records if "portfolio" not in study.trials[n].user_attrs]
+        rivals = [n for n in kept if "portfolio" not in study.trials[n].user_attrs]
         best = max(rivals, key=lambda n: records[n]["f"], default=None)
         beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network "
                   f"{name_of(study.trials[best])} ({records[best]['f']:.4f})" if best is not None else "")
-        return f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{none_within}"
+        out = sorted((n for n in records if n not in kept), key=lambda n: -records[n]["f"])
+        left_out = ("; left out, predicted over --final-minutes " + f"{limit:g}: " + ", ".join(
+            f"{name_of(study.trials[n])} ({records[n]['f']:.4f}, {records[n].get('final_minutes', 0.0):.0f} min)"
+            for n in out) if out else "")
+        return (f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{left_out}"
+                f"{none_within}")
     return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}) beat the reference "
             f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) by {record['f'] - records[ref]['f']:+.4f}"
             + none_within)

@@ -44,7 +44,7 @@ def test_the_top_k_are_promoted_and_their_rung_values_land_in_the_study(tiny_dat
         assert record["proxy_f"] == study.trials[number].value and record["schedule"] == "32:2"
     assert study.user_attrs[PENDING_ATTR] is None
     assert "rung 2: the top 2 complete trials at 32 px x 2 epochs on 100% of train" in res.stdout
-    assert "second rung (2 trials), train.final predicted at 128:24,256:12:" in res.stdout
+    assert "second rung (2 trials), train.final predicted at 128:24,256:12, picks over 40 min left out:" in res.stdout
     assert "s of training (" in res.stdout and "train.final --study best takes it" in res.stdout
     for record in records.values():  # each run's seconds per epoch and scoring, and the final it predicts
         assert set(record["stage_seconds"]) == {"32"} and record["final_minutes"] > 0
@@ -279,6 +279,51 @@ def test_the_recipe_stage_trains_the_rungs_best_searched_network_at_the_referenc
     calls.clear()
     rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lambda line: None)  # run again: nothing new
     assert calls == [] and len(study.trials) == 4
+
+
+def test_a_limit_leaves_slow_searched_networks_out_and_the_stage_still_pairs_the_best(monkeypatch):
+    study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
+                       ({**PRESETS["deeplab_lite"], **R85, **OTHER_RECIPE}, {}, 0.55),
+                       ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85"}, 0.40)])
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)  # the CPU default
+    calls, fast = [], _fake_train_at([], {0: 0.74, 1: 0.72, 2: 0.70, 3: 0.69})
+
+    def train_at(trial, *args, **kwargs):
+        calls.append(trial.number)
+        out = fast(trial, *args, **kwargs)
+        if trial.number in (0, 1):  # the searched networks at their own (slow) recipe: about 2 h of final
+            out["stage_seconds"] = {"128": {"epoch_s": 100.0, "score_s": 2.0},
+                                    "256": {"epoch_s": 400.0, "score_s": 5.0}}
+        return out
+    monkeypatch.setattr(rung_mod, "train_at", train_at)
+    rung_mod.run_rung(study, RungSetting(2, "32:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=lambda _: None)
+    records = rung_records(study)
+    assert records[0]["final_minutes"] > 40 >= records[2]["final_minutes"]
+    # the best searched network is over the limit at its own recipe, yet the stage pairs it with the reference's
+    assert calls == [0, 1, 2, 3] and study.trials[3].user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 0,
+                                                                                        "recipe_of": 2}
+    assert rung_mod.best_by_rung(study)[0].number == 2  # #0 and #1 (0.74, 0.72) are left out: the reference ships
+    line = rung_mod.verdict(study)
+    assert line.startswith("the reference #2 (dw_unet@R85) won the rung (rung-2 F 0.7000), +0.0100 over the best "
+                           "searched network #3 (#0's network at #2's recipe) (0.6900); left out, predicted over "
+                           "--final-minutes 40: #0 (searched) (0.7400, "), line
+    assert "#1 (searched) (0.7200, " in line and "-0.0" not in line
+
+
+def test_a_resumed_study_keeps_its_recorded_final_minutes_unless_one_is_given(tmp_path, capsys):
+    study = optuna.create_study()
+    s = run_mod.Settings(data=tmp_path, study="s", storage="", artifact_dir=tmp_path, proxy_size=32, proxy_epochs=1,
+                         subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu", loader_workers=0,
+                         final_minutes=40.0)
+    run_mod.record_settings(study, s, minutes_given=False)  # a new study: the default
+    assert study.user_attrs[rung_mod.MINUTES_ATTR] == 40.0
+    study.set_user_attr(rung_mod.MINUTES_ATTR, None)  # a study searched with the limit off (before the default)
+    run_mod.record_settings(study, s, minutes_given=False)
+    assert study.user_attrs[rung_mod.MINUTES_ATTR] is None and s.final_minutes is None  # its pick stays its pick
+    s.final_minutes = 30.0
+    run_mod.record_settings(study, s, minutes_given=True)
+    assert study.user_attrs[rung_mod.MINUTES_ATTR] == 30.0
+    assert "note: --final-minutes 30 replaces the study's inf" in capsys.readouterr().out
 
 
 def test_no_recipe_stage_without_a_reference(monkeypatch):
