@@ -84,6 +84,7 @@ class Settings:
     portfolio: tuple[Entry, ...] = PORTFOLIO  # known-good entries every new study starts from (space.portfolio)
     final_schedule: str = "128:24,256:12"  # train.final's default here: the rung predicts its minutes
     final_minutes: float | None = None  # picks predicted slower than this are left out (search.rung)
+    final_minutes_given: bool = True  # False: the device's default, and a study that recorded a limit keeps its own
 
     def rung(self) -> RungSetting:
         return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed)
@@ -462,7 +463,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         rung_subset=args.rung_subset or d["rung_subset"],
         portfolio=load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO,
         final_schedule=d["final_schedule"],
-        final_minutes=final_minutes_limit(d["final_minutes"] if args.final_minutes is None else args.final_minutes))
+        final_minutes=final_minutes_limit(d["final_minutes"] if args.final_minutes is None else args.final_minutes),
+        final_minutes_given=args.final_minutes is not None)
 
 
 def final_minutes_limit(minutes: float | None) -> float | None:
@@ -520,8 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
-    record_settings(study, s, minutes_given=args.final_minutes is not None)  # before the portfolio: a process
-    # started together that sees trials sees them
+    record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
     dropped = enter_portfolio(study, storage, s, given=args.portfolio is not None)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
@@ -578,11 +579,11 @@ def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
     return rung
 
 
-def record_settings(study: optuna.Study, s: Settings, minutes_given: bool = True) -> None:
+def record_settings(study: optuna.Study, s: Settings) -> None:
     """What the study was searched under, as study user attrs (train.final and analysis read them). A study that
-    recorded a `final_minutes` keeps it unless `--final-minutes` was given (`minutes_given`): a new default does not
-    change an earlier study's pick; a given value that changes it is said."""
-    if MINUTES_ATTR in study.user_attrs and not minutes_given:
+    recorded a `final_minutes` keeps it unless `--final-minutes` was given (`s.final_minutes_given`): a new default
+    does not change an earlier study's pick; a given value that changes it is said."""
+    if MINUTES_ATTR in study.user_attrs and not s.final_minutes_given:
         s.final_minutes = study.user_attrs[MINUTES_ATTR]
     elif study.user_attrs.get(MINUTES_ATTR, s.final_minutes) != s.final_minutes:
         said = lambda m: "inf" if m is None else f"{m:g}"

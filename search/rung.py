@@ -262,7 +262,7 @@ def verdict(study: optuna.Study) -> str | None:
         beaten = (f", {record['f'] - records[best]['f']:+.4f} over the best searched network "
                   f"{name_of(study.trials[best])} ({records[best]['f']:.4f})" if best is not None else "")
         out = sorted((n for n in records if n not in kept), key=lambda n: -records[n]["f"])
-        left_out = ("; left out, predicted over --final-minutes " + f"{limit:g}: " + ", ".join(
+        left_out = (f"; left out, predicted over --final-minutes {limit:g}: " + ", ".join(
             f"{name_of(study.trials[n])} ({records[n]['f']:.4f}, {records[n].get('final_minutes', 0.0):.0f} min)"
             for n in out) if out else "")
         return (f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{left_out}"

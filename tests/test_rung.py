@@ -314,14 +314,14 @@ def test_a_resumed_study_keeps_its_recorded_final_minutes_unless_one_is_given(tm
     study = optuna.create_study()
     s = run_mod.Settings(data=tmp_path, study="s", storage="", artifact_dir=tmp_path, proxy_size=32, proxy_epochs=1,
                          subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu", loader_workers=0,
-                         final_minutes=40.0)
-    run_mod.record_settings(study, s, minutes_given=False)  # a new study: the default
+                         final_minutes=40.0, final_minutes_given=False)
+    run_mod.record_settings(study, s)  # a new study: the default
     assert study.user_attrs[rung_mod.MINUTES_ATTR] == 40.0
     study.set_user_attr(rung_mod.MINUTES_ATTR, None)  # a study searched with the limit off (before the default)
-    run_mod.record_settings(study, s, minutes_given=False)
+    run_mod.record_settings(study, s)
     assert study.user_attrs[rung_mod.MINUTES_ATTR] is None and s.final_minutes is None  # its pick stays its pick
-    s.final_minutes = 30.0
-    run_mod.record_settings(study, s, minutes_given=True)
+    s.final_minutes, s.final_minutes_given = 30.0, True
+    run_mod.record_settings(study, s)
     assert study.user_attrs[rung_mod.MINUTES_ATTR] == 30.0
     assert "note: --final-minutes 30 replaces the study's inf" in capsys.readouterr().out
 

@@ -47,7 +47,7 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     assert (defaults.rung_k, defaults.rung_schedule, defaults.rung_subset) == (3, "128:4,256:2", 1.0)
     assert defaults.rung() == RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
     # picks whose final is predicted over 40 minutes are left out on the CPU (the whole flow within 2 hours); inf: off
-    assert defaults.final_minutes == cpu["final_minutes"] == 40.0
+    assert defaults.final_minutes == cpu["final_minutes"] == 40.0 and not defaults.final_minutes_given
     assert run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu",
                                                           "--final-minutes", "inf"])).final_minutes is None
     res = run_cli(*search_args(tiny_data, storage, art, 3, "--rung-size", "32:2", rung=True), cwd=tmp_path)
