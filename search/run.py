@@ -31,8 +31,10 @@ from search.rung import (
     RungSetting,
     name_of,
     proxy_text,
+    redirected,
     run_rung,
     rung_records,
+    stage_trials,
     verdict,
 )
 from search.storage import (
@@ -85,9 +87,10 @@ class Settings:
     final_schedule: str = "128:24,256:12"  # train.final's default here: the rung predicts its minutes
     final_minutes: float | None = None  # picks predicted slower than this are left out (search.rung)
     final_minutes_given: bool = True  # False: the device's default, and a study that recorded a limit keeps its own
+    over_limit: str = "own"  # --over-limit-recipe: at which recipe a pick foretold over final_minutes trains
 
     def rung(self) -> RungSetting:
-        return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed)
+        return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed, self.over_limit)
 
 
 def preset_flops(size: int) -> int:
@@ -312,6 +315,13 @@ def summary(study: optuna.Study, s: Settings) -> str:
                   + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
                   + (" (the reference)" if r.get("reference") else "")
                   for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
+        for n, r in sorted(redirected(study).items()):
+            pair = r["redirected"]["network_at"]
+            stage = stage_trials(study).get((pair["network_of"], pair["recipe_of"]))
+            lines.append(f"  {name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])}, its final foretold at "
+                         f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed: not trained at its own "
+                         f"recipe; its network at the reference's is "
+                         + (f"#{stage.number}" if stage else "still to be trained"))
         lines.append(f"{verdict(study)}; train.final --study best takes it")
     over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials
             if "draws_over_cap" in t.user_attrs and "portfolio" not in t.user_attrs]  # proposals, not entries
@@ -342,7 +352,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 epilog="A trial whose loss becomes NaN/inf or that runs out of memory is marked FAIL "
                                        "with the reason and the search goes on; any other exception is a bug and "
                                        "ends the run with its traceback (finished trials stay in the study).")
-    p.add_argument("--trials", type=int, default=100, help="new trials to run in this invocation")
+    p.add_argument("--trials", type=int, default=100,
+                   help="new trials to run in this invocation; 0 = none: only the second rung, on the study's "
+                        "trials (e.g. to judge them again at another --rung-size or --over-limit-recipe)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (challenge layout); default data/celebamask-mini if present, else the "
                         "embedded synthetic face set, generated once into data/synthetic/")
@@ -406,6 +418,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Default 40 on the CPU, meant to keep the whole flow (this search, then train.final) within "
                         "2 hours on two cores; off on CUDA; inf turns it off; a resumed study keeps the limit it "
                         "recorded unless this flag is given")
+    p.add_argument("--over-limit-recipe", choices=("own", "reference"), default="own",
+                   help="what the second rung trains for a searched pick whose train.final is foretold over "
+                        "--final-minutes from its proxy speed (the reference's predicted minutes x the reference's "
+                        "proxy images/s / the pick's): own = the pick as searched, which the limit then leaves "
+                        "out; reference = the pick's network at the reference's recipe (a recipe stage trial), "
+                        "which can ship. The reference's rung run is trained first. Not measured on a whole flow yet "
+                        "(docs/results.md); a rung with another value is a new rung setting")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -464,7 +483,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         portfolio=load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO,
         final_schedule=d["final_schedule"],
         final_minutes=final_minutes_limit(d["final_minutes"] if args.final_minutes is None else args.final_minutes),
-        final_minutes_given=args.final_minutes is not None)
+        final_minutes_given=args.final_minutes is not None, over_limit=args.over_limit_recipe)
 
 
 def final_minutes_limit(minutes: float | None) -> float | None:
@@ -473,8 +492,10 @@ def final_minutes_limit(minutes: float | None) -> float | None:
 
 
 def validate(args: argparse.Namespace) -> None:
-    if args.trials < 1:
-        raise ValueError(f"--trials must be >= 1, got {args.trials}")
+    if args.trials < 0:
+        raise ValueError(f"--trials must be >= 0 (0 = only the second rung), got {args.trials}")
+    if args.trials == 0 and args.rung == 0:
+        raise ValueError("--trials 0 --rung 0: nothing to do (--trials 0 runs only the second rung)")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1 and is_sqlite(args.storage):
@@ -511,8 +532,14 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         s = settings_from_args(args)
         data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
-        storage = open_storage(s.storage, heartbeat=s.heartbeat)
+        storage = open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
         s.fixed = fixed_params(args, storage)
+        if not args.trials:  # only the rung: on a study that has trials, nothing created
+            require_study(storage, s.study)
+            if not optuna.load_study(study_name=s.study, storage=storage).get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                raise ValueError(f"--trials 0 runs only the second rung, on the study's trials, and study "
+                                 f"{s.study!r} has no complete trial yet")
         study = open_study(s, storage)
         check_resumable(study, s)
     except (ValueError, DataError, StorageError, OSError) as e:  # SpaceError is a ValueError
@@ -538,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_s = 0.0
     else:
         rung, t0 = s.rung(), time.time()
-        failed, ran = run_proxy_phase(s, args, data)
+        failed, ran = run_proxy_phase(s, args, data) if args.trials else (None, 0)
         if failed is not None:
             return failed
         proxy_s = time.time() - t0

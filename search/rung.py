@@ -17,7 +17,10 @@ terms as it has no proxy F). The best rung-2 F is what `train.final --study best
 network only when that network beat the reference at the rung; `verdict` says which won and by how much.
 Each rung run records its seconds per epoch and per scoring at each size, and from them the predicted minutes of
 `train.final` at the device's default schedule; `search.run --final-minutes M` (study user attr `final_minutes`)
-leaves picks predicted over M out of the choice.
+leaves picks predicted over M out of the choice. With `RungSetting.over_limit` "reference" (`search.run
+--over-limit-recipe reference`) the reference is trained first and a searched pick whose final, foretold from its
+proxy speed against the reference's (`proxy_minutes`), is over M is not trained at its own recipe: its record says
+`redirected` and its network is trained at the reference's recipe as a recipe stage trial, which can ship.
 
 Resuming: when a proxy phase ends the study records `rung2_pending`; until the rung has finished, the same
 `search.run` command only finishes the rung (no rung run is trained twice, no proxy trial is added); run it once
@@ -70,14 +73,20 @@ class RungSetting:
     subset: float  # share of the training split
     signal: str  # the study's ranking signal (train.loop.proxy_signals)
     seed: int  # the study's --seed: a rung run of trial n is seeded seed + n, as its proxy was
+    over_limit: str = "own"  # a searched pick predicted over final_minutes by its proxy speed trains at the rung at
+    # its own recipe ("own") or, as a recipe stage pairing, at the reference's ("reference"; `redirect`)
 
     @property
     def id(self) -> str:
-        fidelity = {k: v for k, v in dataclasses.asdict(self).items() if k != "k"}  # k does not change a value
+        # k does not change a value; over_limit "own" is left out so that a setting keeps the id it had before
+        fidelity = {k: v for k, v in dataclasses.asdict(self).items()
+                    if k != "k" and not (k == "over_limit" and v == "own")}
         return hashlib.sha1(json.dumps(fidelity, sort_keys=True).encode()).hexdigest()[:10]
 
     def describe(self) -> str:
-        return f"{describe_schedule(parse_schedule(self.schedule))} on {self.subset:.0%} of train, {self.signal}"
+        return (f"{describe_schedule(parse_schedule(self.schedule))} on {self.subset:.0%} of train, {self.signal}"
+                + (", picks predicted over the time limit at the reference's recipe"
+                   if self.over_limit == "reference" else ""))
 
 
 def reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -139,12 +148,19 @@ def stage_pairing(study: optuna.Study, setting: RungSetting) -> dict | None:
     if ref is None or not records:
         return None
     best = study.trials[max(records, key=lambda n: records[n]["f"])]
-    recipe, own = recipe_params(ref.params), recipe_params(best.params)
-    pair = {"network_of": best.number, "recipe_of": ref.number}
-    if own == recipe or pair in stage_pairs(study, setting):
+    pairing = pairing_of(best, ref)
+    if recipe_params(best.params) == recipe_params(ref.params) or pairing[STAGE_ATTR] in stage_pairs(study, setting):
         return None
-    network = {k: v for k, v in {**ADDED_PARAMS, **best.params}.items() if k not in own}
-    return {"params": {**network, **recipe}, STAGE_ATTR: pair}
+    return pairing
+
+
+def pairing_of(network: optuna.trial.FrozenTrial, ref: optuna.trial.FrozenTrial) -> dict:
+    """The params of `network`'s network at `ref`'s recipe (parameters added to the space since `network` was
+    searched at the values it replays with), and the pair."""
+    own = recipe_params(network.params)
+    params = {k: v for k, v in {**ADDED_PARAMS, **network.params}.items() if k not in own}
+    return {"params": {**params, **recipe_params(ref.params)},
+            STAGE_ATTR: {"network_of": network.number, "recipe_of": ref.number}}
 
 
 def add_stage_trial(study: optuna.Study, setting: RungSetting, pairing: dict) -> optuna.trial.FrozenTrial:
@@ -184,7 +200,8 @@ def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dic
 
 def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
     """The trials whose rung run at `setting` is done: trained, or failed MAX_ATTEMPTS times."""
-    return {n for n, r in _records(study, setting).items() if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS}
+    return {n for n, r in _records(study, setting).items()
+            if "f" in r or "redirected" in r or r.get("attempts", 0) >= MAX_ATTEMPTS}
 
 
 def unfinished(study: optuna.Study, setting: RungSetting) -> list[int]:
@@ -405,12 +422,52 @@ def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tup
     return spent
 
 
+def proxy_minutes(trial: optuna.trial.FrozenTrial, ref: optuna.trial.FrozenTrial, ref_record: dict) -> float | None:
+    """A promoted trial's `train.final` minutes foretold from its proxy speed, before any rung run of its own: the
+    reference's predicted minutes (from its rung run) x the reference's proxy training images/s / the trial's (user
+    attr `train_images_per_s`); None when a figure is missing. On the CPU flows it under-predicted the rung's own
+    prediction by 1.25-1.45x (docs/results.md), so it errs toward training a pick at its own recipe."""
+    mine, theirs = trial.user_attrs.get("train_images_per_s"), ref.user_attrs.get("train_images_per_s")
+    minutes = ref_record.get("final_minutes")
+    return minutes * theirs / mine if mine and theirs and minutes else None
+
+
+REFERENCE_WAIT_S = 15  # how often a process waiting for another's reference run looks again
+
+
+def reference_record(study: optuna.Study, setting: RungSetting, claims: Claims, ref: optuna.trial.FrozenTrial,
+                     say: Callable[[str], None]) -> dict | None:
+    """The reference's rung record at `setting`, waiting while another live process trains it; None when it failed
+    or nobody trains it."""
+    key, said = f"{RUNG_ATTR}:{ref.number}:{setting.id}", False
+    while True:
+        record = rung_records(study, setting).get(ref.number)
+        if record is not None or ref.number in finished(study, setting) or not claims.held([key]):
+            return record
+        if not said:
+            say(f"rung 2: waiting for the reference #{ref.number}'s run (trained by another process): the picks' "
+                f"predicted minutes are read from it")
+            said = True
+        time.sleep(REFERENCE_WAIT_S)
+
+
+def redirected(study: optuna.Study, setting: RungSetting | None = None) -> dict[int, dict]:
+    """Trial number -> record of the promoted trials that the rung trained at the reference's recipe instead of
+    their own (`RungSetting.over_limit` "reference"): `redirected` holds the predicted minutes and the pair."""
+    return {n: r for n, r in _records(study, setting).items() if "redirected" in r}
+
+
 def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                     splits: Mapping[int, tuple[Split, Split]], device: torch.device, final_schedule: str,
                     say: Callable[[str], None], skip_done: bool = False) -> float:
     spent, ref = 0.0, reference(study)
-    for trial in promoted(study, setting):
-        key, is_ref = f"{RUNG_ATTR}:{trial.number}:{setting.id}", ref is not None and trial.number == ref.number
+    runs = promoted(study, setting)
+    limit = study.user_attrs.get(MINUTES_ATTR)
+    redirect = setting.over_limit == "reference" and ref is not None and limit is not None
+    if redirect:  # the reference first: the others' predicted minutes are read from its run
+        runs = sorted(runs, key=lambda t: t.number != ref.number)
+    for trial in runs:
+        key = f"{RUNG_ATTR}:{trial.number}:{setting.id}"
         if trial.number in finished(study, setting):
             if not skip_done:
                 say(f"rung 2: trial {trial.number} already done at this setting")
@@ -419,28 +476,61 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
         if claim is None:
             say(f"rung 2: trial {trial.number} is done or being trained by another process: skipped here")
             continue
-        try:
-            with claims.beating(claim):
-                found = train_at(trial, splits, setting.schedule, setting.seed, device,
-                                 desc=f"rung 2 #{trial.number}")
-        except FAILURES as e:
-            attempts = _records(study, setting).get(trial.number, {}).get("attempts", 0) + 1
-            study.set_user_attr(key, {"failed": f"{type(e).__name__}: {e}"[:300], "attempts": attempts,
-                                      "proxy_f": trial.value, **dataclasses.asdict(setting)})
-            claims.release(claim, TrialState.FAIL)
-            say(f"rung 2: trial {trial.number} failed ({type(e).__name__}: {e}); attempt {attempts} of "
-                f"{MAX_ATTEMPTS}" + (", retried by the next run" if attempts < MAX_ATTEMPTS else ", left out"))
-            continue
-        except BaseException:
-            claims.release(claim, TrialState.FAIL)  # interrupted: a later run claims it again
-            raise
-        record = {"f": found[setting.signal], **found, "proxy_f": trial.value, **dataclasses.asdict(setting),
-                  "reference": is_ref, "final_schedule": final_schedule,
-                  "final_minutes": final_minutes(found, final_schedule)}
-        study.set_user_attr(key, record)
-        claims.release(claim, TrialState.COMPLETE, record["f"])
-        spent += found["seconds"]
-        say(f"rung 2: trial {name_of(trial)}{' (the reference)' if is_ref else ''}: proxy F "
-            f"{proxy_text(trial.value)} -> rung-2 F {record['f']:.4f} ({found['seconds']:.0f} s; train.final "
-            f"predicted {record['final_minutes'] or float('nan'):.0f} min at {final_schedule})")
+        if redirect and searched(trial) and recipe_params(trial.params) != recipe_params(ref.params):
+            try:
+                with claims.beating(claim):  # a wait may be long: the claim stays live
+                    ref_record = reference_record(study, setting, claims, ref, say)
+            except BaseException:
+                claims.release(claim, TrialState.FAIL)
+                raise
+            minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
+            if minutes is not None and minutes > limit:
+                pairing = pairing_of(study.trials[trial.number], ref)
+                study.set_user_attr(key, {"redirected": {"predicted_minutes": round(minutes, 1),
+                                                         "network_at": pairing[STAGE_ATTR]},
+                                          "proxy_f": trial.value, **dataclasses.asdict(setting),
+                                          "reference": False, "final_schedule": final_schedule})
+                claims.release(claim, TrialState.COMPLETE, minutes)
+                stage = add_stage_trial(study, setting, pairing)
+                say(f"rung 2: trial {name_of(trial)}: its final predicted at {minutes:.0f} min from its proxy speed "
+                    f"> --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
+                if stage.number not in finished(study, setting):
+                    stage_claim = claims.take(f"{RUNG_ATTR}:{stage.number}:{setting.id}")
+                    if stage_claim is not None:
+                        spent += _train_one(study, setting, claims, stage_claim, stage, splits, device,
+                                            final_schedule, say, is_ref=False)
+                continue
+        spent += _train_one(study, setting, claims, claim, trial, splits, device, final_schedule, say,
+                            is_ref=ref is not None and trial.number == ref.number)
     return spent
+
+
+def _train_one(study: optuna.Study, setting: RungSetting, claims: Claims, claim: int,
+               trial: optuna.trial.FrozenTrial, splits: Mapping[int, tuple[Split, Split]], device: torch.device,
+               final_schedule: str, say: Callable[[str], None], is_ref: bool) -> float:
+    """Train one claimed rung run and record it (a NaN loss or an out-of-memory as a failed attempt); returns the
+    seconds it trained."""
+    key = f"{RUNG_ATTR}:{trial.number}:{setting.id}"
+    try:
+        with claims.beating(claim):
+            found = train_at(trial, splits, setting.schedule, setting.seed, device, desc=f"rung 2 #{trial.number}")
+    except FAILURES as e:
+        attempts = _records(study, setting).get(trial.number, {}).get("attempts", 0) + 1
+        study.set_user_attr(key, {"failed": f"{type(e).__name__}: {e}"[:300], "attempts": attempts,
+                                  "proxy_f": trial.value, **dataclasses.asdict(setting)})
+        claims.release(claim, TrialState.FAIL)
+        say(f"rung 2: trial {trial.number} failed ({type(e).__name__}: {e}); attempt {attempts} of "
+            f"{MAX_ATTEMPTS}" + (", retried by the next run" if attempts < MAX_ATTEMPTS else ", left out"))
+        return 0.0
+    except BaseException:
+        claims.release(claim, TrialState.FAIL)  # interrupted: a later run claims it again
+        raise
+    record = {"f": found[setting.signal], **found, "proxy_f": trial.value, **dataclasses.asdict(setting),
+              "reference": is_ref, "final_schedule": final_schedule,
+              "final_minutes": final_minutes(found, final_schedule)}
+    study.set_user_attr(key, record)
+    claims.release(claim, TrialState.COMPLETE, record["f"])
+    say(f"rung 2: trial {name_of(trial)}{' (the reference)' if is_ref else ''}: proxy F "
+        f"{proxy_text(trial.value)} -> rung-2 F {record['f']:.4f} ({found['seconds']:.0f} s; train.final "
+        f"predicted {record['final_minutes'] or float('nan'):.0f} min at {final_schedule})")
+    return found["seconds"]

@@ -426,3 +426,126 @@ def test_train_final_says_when_only_the_recipe_stage_is_left(monkeypatch):
         rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
     note = rung_mod.unfinished_note(study)
     assert "(the recipe stage's run is still to be chosen and trained; run the search command again" in note, note
+
+
+def _speed(ips: float) -> dict:
+    return {"train_images_per_s": ips}
+
+
+def _lever_study(storage=None) -> optuna.Study:
+    """#0 a searched network slow at the proxy, #1 a fast one, #2 the reference (both searched at another recipe)."""
+    return _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, _speed(10.0), 0.60),
+                      ({**PRESETS["deeplab_lite"], **R85, **OTHER_RECIPE}, _speed(100.0), 0.55),
+                      ({**PRESETS["dw_unet"], **R85}, {"portfolio": "dw_unet@R85", **_speed(50.0)}, 0.40)], storage)
+
+
+def test_a_pick_foretold_over_the_limit_trains_its_network_at_the_references_recipe_instead(monkeypatch):
+    from space.sample import recipe_params, replay
+
+    study = _lever_study()
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    calls, lines = [], []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {2: 0.70, 3: 0.76, 1: 0.72, 4: 0.73}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)
+    ref_minutes = rung_records(study)[2]["final_minutes"]  # 13.2 min from the fake run's seconds
+    # the reference first; #0 foretold at 13.2 x 50 / 10 = 66 min > 40: its network at #2's recipe (#3) instead of
+    # itself; #1 at 13.2 x 50 / 100 = 6.6 min trains as searched; then the stage pairs #1, the best searched at the rung
+    assert calls == [2, 3, 1, 4]
+    moved = rung_mod.redirected(study)
+    assert set(moved) == {0} and 0 not in rung_records(study)
+    assert moved[0]["redirected"]["predicted_minutes"] == pytest.approx(ref_minutes * 50 / 10, abs=0.05)
+    assert moved[0]["redirected"]["network_at"] == {"network_of": 0, "recipe_of": 2}
+    assert study.trials[3].user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 0, "recipe_of": 2}
+    assert replay(study.trials[3])[0] == replay(study.trials[0])[0]  # #0's very network
+    assert recipe_params(study.trials[3].params) == recipe_params(study.trials[2].params)
+    assert study.trials[4].user_attrs[rung_mod.STAGE_ATTR] == {"network_of": 1, "recipe_of": 2}
+    assert study.user_attrs[PENDING_ATTR] is None and study.user_attrs[SETTING_ATTR]["over_limit"] == "reference"
+    assert rung_mod.best_by_rung(study)[0].number == 3  # the slow pick's network can now ship
+    said = f"its final predicted at {ref_minutes * 5:.0f} min from its proxy speed > --final-minutes 40"
+    assert any(said in line for line in lines), lines
+    calls.clear()
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)  # again: nothing new
+    assert calls == [] and len(study.trials) == 5
+
+
+def test_the_default_trains_slow_picks_as_searched_and_keeps_the_rung_ids_of_earlier_studies(monkeypatch):
+    study = _lever_study()
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    rung_mod.run_rung(study, RungSetting(2, "32:2", 1.0, "last_f", 0), {}, None, "128:24,256:12", say=print)
+    assert calls[:3] == [0, 1, 2] and not rung_mod.redirected(study)
+    # a study recorded before over_limit existed finds its records: the id of an "own" setting is the old one
+    import hashlib
+    import json
+    old = hashlib.sha1(json.dumps({"schedule": "32:2", "subset": 1.0, "signal": "last_f", "seed": 0},
+                                  sort_keys=True).encode()).hexdigest()[:10]
+    assert RungSetting(2, "32:2", 1.0, "last_f", 0).id == old
+    assert RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference").id != old
+
+
+def test_without_a_limit_or_a_speed_the_lever_trains_picks_as_searched(monkeypatch):
+    study = _lever_study()  # no final_minutes: nothing is over it
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    assert calls[:3] == [0, 1, 2] and not rung_mod.redirected(study)
+    slow, ref = study.trials[0], study.trials[2]
+    assert rung_mod.proxy_minutes(slow, ref, {"final_minutes": 13.0}) == pytest.approx(65.0)
+    bare = optuna.trial.create_trial(params=slow.params, distributions=slow.distributions, value=0.6)
+    assert rung_mod.proxy_minutes(bare, ref, {"final_minutes": 13.0}) is None  # a trial from before the speed was kept
+
+
+def test_a_process_waits_for_the_reference_run_another_process_trains(tmp_path, monkeypatch):
+    path = f"sqlite:///{tmp_path / 's.db'}"
+    study = _lever_study(open_storage(path, heartbeat=None))
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    other = optuna.load_study(study_name="r", storage=open_storage(path, heartbeat=None))
+    ref_key = f"{RUNG_ATTR}:2:{setting.id}"
+    held = rung_mod.Claims(other).take(ref_key)  # another process trains the reference
+    assert held is not None
+    calls, lines, waits = [], [], []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+
+    def other_finishes(seconds):  # while this process waits, the other one records the reference's run
+        waits.append(seconds)
+        record = _fake_train_at([], {})(study.trials[2], {}, "32:2", 0, None)
+        other.set_user_attr(ref_key, {"f": 0.7, **record, "reference": True,
+                                      "final_minutes": rung_mod.final_minutes(record, "128:24,256:12")})
+        rung_mod.Claims(other).release(held, optuna.trial.TrialState.COMPLETE, 0.7)
+    monkeypatch.setattr(rung_mod.time, "sleep", other_finishes)
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)
+    assert waits and any("waiting for the reference #2's run" in line for line in lines)
+    assert 2 not in calls and calls[:2] == [3, 1]  # #0 judged by the other process's reference run: redirected
+    assert set(rung_mod.redirected(study)) == {0} and study.user_attrs[PENDING_ATTR] is None
+
+
+def test_trials_0_judges_a_study_again_at_the_lever_without_adding_proxy_trials(tiny_data, tmp_path):
+    from tests.test_search import one_entry_portfolio
+
+    storage = str(tmp_path / "s.journal")
+    argv = _argv(tiny_data, storage, tmp_path / "art", "--portfolio", str(one_entry_portfolio(tmp_path, "dw_unet")),
+                 "--sampler", "random")
+    assert run_mod.main(argv) == 0
+    before = _load(storage)
+    n_before, first = len(before.trials), rung_mod.current_setting(before).id
+    searched = [t.number for t in before.trials if "train_images_per_s" in t.user_attrs and rung_mod.searched(t)]
+    assert searched  # random recipes: not the reference's
+    res = run_cli("search.run", *argv[2:], "--trials", "0", "--over-limit-recipe", "reference", "--final-minutes",
+                  "0.0001", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _load(storage)
+    added = study.trials[n_before:]
+    assert all(rung_mod.STAGE_ATTR in t.user_attrs for t in added)  # only recipe stage trials, no proxy trial
+    setting = rung_mod.current_setting(study)
+    assert setting.over_limit == "reference" and setting.id != first
+    promoted = [t.number for t in rung_mod.promoted(study, setting) if rung_mod.searched(t)]
+    moved = rung_mod.redirected(study, setting)
+    assert promoted and set(promoted) == set(moved)  # every searched pick is over 0.0001 min: none as searched
+    pairs = rung_mod.stage_trials(study)
+    for n in moved:
+        assert pairs[(n, 0)].number in rung_records(study, setting)  # its network at #0's recipe was trained
+    assert "0 trials in" in res.stdout and "from its proxy speed: not trained at its own recipe" in res.stdout

@@ -162,7 +162,8 @@ def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--trials", "0"], "--trials must be >= 1"),
+    (["--trials", "-1"], "--trials must be >= 0 (0 = only the second rung), got -1"),
+    (["--trials", "0", "--rung", "0"], "--trials 0 --rung 0: nothing to do"),
     (["--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
     (["--data", "/nonexistent/faces"], "folder missing"),
     (["--fix", "bogus=1"], "--fix bogus: not a parameter of the search space"),
