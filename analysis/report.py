@@ -25,7 +25,17 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from analysis.common import complete_trials, rank_correlations  # noqa: E402
 from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
-from search.rung import MINUTES_ATTR, current_setting, name_of, proxy_text, rung_records, stage_trials_at, verdict  # noqa: E402
+from search.rung import (  # noqa: E402
+    MINUTES_ATTR,
+    STAGE_ATTR,
+    current_setting,
+    name_of,
+    proxy_text,
+    redirected,
+    rung_records,
+    stage_trials_at,
+    verdict,
+)
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study  # noqa: E402
 from space.config import BUDGET  # noqa: E402
 from train.classes import CLASS_NAMES  # noqa: E402
@@ -209,12 +219,19 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
              " (no recipe stage: no portfolio entry, or the best searched network trains at the reference's recipe)")
     limit = study.user_attrs.get(MINUTES_ATTR)
     within = f" among the picks predicted within --final-minutes {limit:g}" if limit is not None else ""
+    pair_of = {t.user_attrs[STAGE_ATTR]["network_of"]: t.number for t in stage_trials_at(study, setting)}
+    moved = "".join(f"<li>{html.escape(name_of(study.trials[n]))}: its final foretold at "
+                    f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed, over the limit: not trained "
+                    f"at its own recipe; its network at the reference's recipe is trial #{pair_of.get(n, '?')}</li>"
+                    for n, r in sorted(redirected(study, setting).items()))
     return "Second rung", (f"<p>The top {setting.k} complete trials, and the portfolio entry with the best proxy F "
                            f"(the reference), trained again at {html.escape(setting.describe())}{stage}; "
                            f"<code>train.final --study best</code> takes the best rung-2 F{within}: "
                            f"{html.escape(verdict(study))}.</p>"
                            f"<table><tr><th>trial</th><th>proxy F</th><th>rung-2 F</th><th>seconds</th>"
-                           f"<th>train.final, predicted minutes</th></tr>{rows}</table>")
+                           f"<th>train.final, predicted minutes</th></tr>{rows}</table>"
+                           + (f"<p>Promoted picks judged at the reference's recipe only:</p><ul>{moved}</ul>"
+                              if moved else ""))
 
 
 SECTIONS = (history, importances, size_vs_f, per_class, curves, pruning, second_rung, fidelity)

@@ -28,6 +28,7 @@ from search.rung import (
     FAILURES,
     MINUTES_ATTR,
     PENDING_ATTR,
+    SETTING_ATTR,
     RungSetting,
     name_of,
     proxy_text,
@@ -60,6 +61,8 @@ from train.schedule import MAX_EPOCHS, MAX_SIZE, MIN_SIZE, ScheduleError, Stage,
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
+OVER_LIMIT_DEFAULT = "reference"  # search.rung's rule for picks foretold over --final-minutes (RungSetting.over_limit):
+# on both CPU flow studies it shipped the same pick as "own" in 12 and 24 fewer rung minutes (docs/results.md)
 
 
 @dataclass
@@ -87,7 +90,8 @@ class Settings:
     final_schedule: str = "128:24,256:12"  # train.final's default here: the rung predicts its minutes
     final_minutes: float | None = None  # picks predicted slower than this are left out (search.rung)
     final_minutes_given: bool = True  # False: the device's default, and a study that recorded a limit keeps its own
-    over_limit: str = "own"  # --over-limit-recipe: at which recipe a pick foretold over final_minutes trains
+    over_limit: str = OVER_LIMIT_DEFAULT  # --over-limit-recipe: the recipe a pick foretold over the limit trains at
+    over_limit_given: bool = True  # False: the default, and a study whose last rung recorded one keeps its own
 
     def rung(self) -> RungSetting:
         return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed, self.over_limit)
@@ -418,13 +422,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Default 40 on the CPU, meant to keep the whole flow (this search, then train.final) within "
                         "2 hours on two cores; off on CUDA; inf turns it off; a resumed study keeps the limit it "
                         "recorded unless this flag is given")
-    p.add_argument("--over-limit-recipe", choices=("own", "reference"), default="own",
+    p.add_argument("--over-limit-recipe", choices=("own", "reference"), default=None,
                    help="what the second rung trains for a searched pick whose train.final is foretold over "
                         "--final-minutes from its proxy speed (the reference's predicted minutes x the reference's "
                         "proxy images/s / the pick's): own = the pick as searched, which the limit then leaves "
                         "out; reference = the pick's network at the reference's recipe (a recipe stage trial), "
-                        "which can ship. The reference's rung run is trained first. Not measured on a whole flow yet "
-                        "(docs/results.md); a rung with another value is a new rung setting")
+                        "which can ship. The reference's rung run is trained first. On the two CPU flow studies "
+                        "'reference' shipped the same picks as 'own' with 12 and 24 fewer rung minutes "
+                        "(docs/results.md); a rung with another value is a new rung setting. Default "
+                        f"{OVER_LIMIT_DEFAULT}; a resumed study keeps the value of its last rung unless this flag "
+                        "is given")
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                    help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
                         "beats (its worker was killed) is marked FAIL and retried once")
@@ -483,7 +490,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         portfolio=load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO,
         final_schedule=d["final_schedule"],
         final_minutes=final_minutes_limit(d["final_minutes"] if args.final_minutes is None else args.final_minutes),
-        final_minutes_given=args.final_minutes is not None, over_limit=args.over_limit_recipe)
+        final_minutes_given=args.final_minutes is not None, over_limit=args.over_limit_recipe or OVER_LIMIT_DEFAULT,
+        over_limit_given=args.over_limit_recipe is not None)
 
 
 def final_minutes_limit(minutes: float | None) -> float | None:
@@ -494,8 +502,6 @@ def final_minutes_limit(minutes: float | None) -> float | None:
 def validate(args: argparse.Namespace) -> None:
     if args.trials < 0:
         raise ValueError(f"--trials must be >= 0 (0 = only the second rung), got {args.trials}")
-    if args.trials == 0 and args.rung == 0:
-        raise ValueError("--trials 0 --rung 0: nothing to do (--trials 0 runs only the second rung)")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1 and is_sqlite(args.storage):
@@ -531,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate(args)
         s = settings_from_args(args)
+        if not args.trials and not s.rung_k:
+            raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
+                             "device's default: 0 on CUDA): give --rung K")
         data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
         storage = open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
         s.fixed = fixed_params(args, storage)
@@ -609,7 +618,8 @@ def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
 def record_settings(study: optuna.Study, s: Settings) -> None:
     """What the study was searched under, as study user attrs (train.final and analysis read them). A study that
     recorded a `final_minutes` keeps it unless `--final-minutes` was given (`s.final_minutes_given`): a new default
-    does not change an earlier study's pick; a given value that changes it is said."""
+    does not change an earlier study's pick; a given value that changes it is said. Likewise a study whose last rung
+    finished keeps that rung's `over_limit` unless `--over-limit-recipe` was given, so its next rung keeps the id."""
     if MINUTES_ATTR in study.user_attrs and not s.final_minutes_given:
         s.final_minutes = study.user_attrs[MINUTES_ATTR]
     elif study.user_attrs.get(MINUTES_ATTR, s.final_minutes) != s.final_minutes:
@@ -623,6 +633,9 @@ def record_settings(study: optuna.Study, s: Settings) -> None:
                                   "sampler": s.sampler, "pruner": s.pruner})
     study.set_user_attr("fixed", s.fixed)
     study.set_user_attr(MINUTES_ATTR, s.final_minutes)
+    last = study.user_attrs.get(SETTING_ATTR)
+    if last and not s.over_limit_given:  # its next rung keeps the rule (and the id) its last one had
+        s.over_limit = RungSetting(**last).over_limit
 
 
 def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Split]) -> tuple[int | None, int]:

@@ -18,7 +18,8 @@ network only when that network beat the reference at the rung; `verdict` says wh
 Each rung run records its seconds per epoch and per scoring at each size, and from them the predicted minutes of
 `train.final` at the device's default schedule; `search.run --final-minutes M` (study user attr `final_minutes`)
 leaves picks predicted over M out of the choice. With `RungSetting.over_limit` "reference" (`search.run
---over-limit-recipe reference`) the reference is trained first and a searched pick whose final, foretold from its
+--over-limit-recipe reference`, the default since it shipped the same picks in less time on both CPU flow studies)
+the reference is trained first and a searched pick whose final, foretold from its
 proxy speed against the reference's (`proxy_minutes`), is over M is not trained at its own recipe: its record says
 `redirected` and its network is trained at the reference's recipe as a recipe stage trial, which can ship.
 
@@ -118,10 +119,14 @@ def stage_pairs(study: optuna.Study, setting: RungSetting) -> list[dict]:
 
 
 def stage_trials_at(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
-    """The trials the recipe stage chose at `setting` (none before it has chosen one)."""
+    """The trials the recipe stage chose at `setting` (none before it has chosen one), and those of the picks the rung
+    redirected to the reference's recipe there (read from their records too: two processes appending to the chosen
+    list at once can drop one)."""
     trials = stage_trials(study)
     pairs = [(p["network_of"], p["recipe_of"]) for p in stage_pairs(study, setting)]
-    return [trials[p] for p in pairs if p in trials]
+    pairs += [(p["network_of"], p["recipe_of"]) for p in
+              (r["redirected"]["network_at"] for r in redirected(study, setting).values())]
+    return [trials[p] for p in dict.fromkeys(pairs) if p in trials]
 
 
 def promoted(study: optuna.Study, setting: RungSetting) -> list[optuna.trial.FrozenTrial]:
@@ -199,9 +204,13 @@ def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dic
 
 
 def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
-    """The trials whose rung run at `setting` is done: trained, or failed MAX_ATTEMPTS times."""
+    """The trials whose rung run at `setting` is done: trained, failed MAX_ATTEMPTS times, or redirected to the
+    reference's recipe while their foretold minutes are over the study's limit (a limit raised above them since
+    sends them to the rung at their own recipe)."""
+    limit = study.user_attrs.get(MINUTES_ATTR)
     return {n for n, r in _records(study, setting).items()
-            if "f" in r or "redirected" in r or r.get("attempts", 0) >= MAX_ATTEMPTS}
+            if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS
+            or ("redirected" in r and limit is not None and r["redirected"]["predicted_minutes"] > limit)}
 
 
 def unfinished(study: optuna.Study, setting: RungSetting) -> list[int]:
@@ -480,25 +489,30 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
             try:
                 with claims.beating(claim):  # a wait may be long: the claim stays live
                     ref_record = reference_record(study, setting, claims, ref, say)
+                minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
+                if minutes is not None and minutes > limit:
+                    pairing = pairing_of(study.trials[trial.number], ref)
+                    stage = add_stage_trial(study, setting, pairing)  # first: a kill before the record loses nothing
+                    study.set_user_attr(key, {"redirected": {"predicted_minutes": round(minutes, 1),
+                                                             "network_at": pairing[STAGE_ATTR]},
+                                              "proxy_f": trial.value, **dataclasses.asdict(setting),
+                                              "reference": False, "final_schedule": final_schedule})
             except BaseException:
                 claims.release(claim, TrialState.FAIL)
                 raise
-            minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
             if minutes is not None and minutes > limit:
-                pairing = pairing_of(study.trials[trial.number], ref)
-                study.set_user_attr(key, {"redirected": {"predicted_minutes": round(minutes, 1),
-                                                         "network_at": pairing[STAGE_ATTR]},
-                                          "proxy_f": trial.value, **dataclasses.asdict(setting),
-                                          "reference": False, "final_schedule": final_schedule})
-                claims.release(claim, TrialState.COMPLETE, minutes)
-                stage = add_stage_trial(study, setting, pairing)
+                # no run of its own was done: the claim is failed, so that a raised limit can train it later
+                claims.release(claim, TrialState.FAIL)
                 say(f"rung 2: trial {name_of(trial)}: its final predicted at {minutes:.0f} min from its proxy speed "
                     f"> --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
-                if stage.number not in finished(study, setting):
-                    stage_claim = claims.take(f"{RUNG_ATTR}:{stage.number}:{setting.id}")
-                    if stage_claim is not None:
-                        spent += _train_one(study, setting, claims, stage_claim, stage, splits, device,
-                                            final_schedule, say, is_ref=False)
+                if stage.number in finished(study, setting):
+                    continue
+                stage_claim = claims.take(f"{RUNG_ATTR}:{stage.number}:{setting.id}")
+                if stage_claim is None:
+                    say(f"rung 2: trial {stage.number} is done or being trained by another process: skipped here")
+                    continue
+                spent += _train_one(study, setting, claims, stage_claim, stage, splits, device, final_schedule,
+                                    say, is_ref=False)
                 continue
         spent += _train_one(study, setting, claims, claim, trial, splits, device, final_schedule, say,
                             is_ref=ref is not None and trial.number == ref.number)

@@ -326,6 +326,29 @@ def test_a_resumed_study_keeps_its_recorded_final_minutes_unless_one_is_given(tm
     assert "note: --final-minutes 30 replaces the study's inf" in capsys.readouterr().out
 
 
+def test_a_resumed_study_keeps_the_over_limit_rule_of_its_last_rung_unless_one_is_given(tmp_path):
+    def settings(over_limit: str, given: bool) -> run_mod.Settings:
+        return run_mod.Settings(data=tmp_path, study="s", storage="", artifact_dir=tmp_path, proxy_size=32,
+                                proxy_epochs=1, subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu",
+                                loader_workers=0, rung_k=3, rung_schedule="32:2", rung_subset=1.0,
+                                over_limit=over_limit, over_limit_given=given)
+    study = optuna.create_study()
+    s = settings("reference", given=False)
+    run_mod.record_settings(study, s)  # a new study: the default
+    assert s.rung().over_limit == "reference"
+    old = {"k": 3, "schedule": "32:2", "subset": 1.0, "signal": "last_f", "seed": 0}  # a rung from before the rule
+    study.set_user_attr(SETTING_ATTR, old)
+    run_mod.record_settings(study, s)
+    assert s.rung().over_limit == "own" and s.rung().id == RungSetting(**old).id  # its next rung keeps its id
+    s = settings("reference", given=True)
+    run_mod.record_settings(study, s)
+    assert s.rung().over_limit == "reference"
+    study.set_user_attr(SETTING_ATTR, {**old, "over_limit": "reference"})
+    s = settings("own", given=False)
+    run_mod.record_settings(study, s)
+    assert s.rung().over_limit == "reference"
+
+
 def test_no_recipe_stage_without_a_reference(monkeypatch):
     study = _study_of([({**PRESETS["dw_unet"], **R85, **OTHER_RECIPE}, {}, 0.60),
                        ({**PRESETS["dw_unet"], **R85}, {}, 0.50)])
@@ -469,7 +492,7 @@ def test_a_pick_foretold_over_the_limit_trains_its_network_at_the_references_rec
     assert calls == [] and len(study.trials) == 5
 
 
-def test_the_default_trains_slow_picks_as_searched_and_keeps_the_rung_ids_of_earlier_studies(monkeypatch):
+def test_own_trains_slow_picks_as_searched_and_keeps_the_rung_ids_of_earlier_studies(monkeypatch):
     study = _lever_study()
     study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
     calls = []
@@ -528,13 +551,13 @@ def test_trials_0_judges_a_study_again_at_the_lever_without_adding_proxy_trials(
 
     storage = str(tmp_path / "s.journal")
     argv = _argv(tiny_data, storage, tmp_path / "art", "--portfolio", str(one_entry_portfolio(tmp_path, "dw_unet")),
-                 "--sampler", "random")
+                 "--sampler", "random", "--over-limit-recipe", "own")
     assert run_mod.main(argv) == 0
     before = _load(storage)
     n_before, first = len(before.trials), rung_mod.current_setting(before).id
     searched = [t.number for t in before.trials if "train_images_per_s" in t.user_attrs and rung_mod.searched(t)]
     assert searched  # random recipes: not the reference's
-    res = run_cli("search.run", *argv[2:], "--trials", "0", "--over-limit-recipe", "reference", "--final-minutes",
+    res = run_cli("search.run", *argv[2:-2], "--trials", "0", "--over-limit-recipe", "reference", "--final-minutes",
                   "0.0001", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     study = _load(storage)
@@ -549,3 +572,50 @@ def test_trials_0_judges_a_study_again_at_the_lever_without_adding_proxy_trials(
     for n in moved:
         assert pairs[(n, 0)].number in rung_records(study, setting)  # its network at #0's recipe was trained
     assert "0 trials in" in res.stdout and "from its proxy speed: not trained at its own recipe" in res.stdout
+
+
+def test_a_limit_raised_above_a_redirected_pick_trains_it_at_its_own_recipe(monkeypatch):
+    study = _lever_study()
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    assert 0 not in calls and set(rung_mod.redirected(study)) == {0}  # foretold at 66 min
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 100.0)  # search.run --final-minutes 100 on the same study
+    calls.clear()
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    assert calls == [0] and not rung_mod.redirected(study) and "f" in rung_records(study)[0]
+    assert 3 in rung_records(study)  # its pairing stays a candidate
+
+
+def test_a_kill_at_a_redirect_trains_the_pairing_on_resume(monkeypatch):
+    study = _lever_study()
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at([], {}))
+    real, kills = rung_mod.add_stage_trial, []
+
+    def killed_once(*args, **kwargs):  # the process dies as the redirect adds the pairing
+        if not kills:
+            kills.append(1)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(rung_mod, "add_stage_trial", killed_once)
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    with pytest.raises(KeyboardInterrupt):
+        rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)  # the same command again
+    assert set(rung_mod.redirected(study)) == {0}
+    pairing, = [t for t in rung_mod.stage_trials_at(study, setting)
+                if t.user_attrs[rung_mod.STAGE_ATTR]["network_of"] == 0]
+    assert pairing.number in rung_records(study) and study.user_attrs[PENDING_ATTR] is None
+
+
+def test_a_redirected_pairing_dropped_from_the_chosen_list_stays_promoted(monkeypatch):
+    study = _lever_study()
+    study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at([], {}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
+    study.set_user_attr(f"{rung_mod.STAGE_ATTR}:{setting.id}", [])  # two processes appended at once: one list lost
+    assert 3 in {t.number for t in rung_mod.promoted(study, setting)}  # read from #0's redirect record

@@ -45,14 +45,16 @@ def test_three_trial_search_then_resume(tiny_data, tmp_path):
     cpu = DEVICE_DEFAULTS["cpu"]
     defaults = run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu"]))
     assert (defaults.rung_k, defaults.rung_schedule, defaults.rung_subset) == (3, "128:4,256:2", 1.0)
-    assert defaults.rung() == RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0)
+    # and a pick foretold over the limit from its proxy speed is judged at the reference's recipe (search.rung)
+    assert defaults.rung() == RungSetting(3, cpu["rung_schedule"], cpu["rung_subset"], cpu["signal"], 0,
+                                          over_limit="reference")
     # picks whose final is predicted over 40 minutes are left out on the CPU (the whole flow within 2 hours); inf: off
     assert defaults.final_minutes == cpu["final_minutes"] == 40.0 and not defaults.final_minutes_given
     assert run_mod.settings_from_args(run_mod.parse_args(["--data", str(tiny_data), "--device", "cpu",
                                                           "--final-minutes", "inf"])).final_minutes is None
     res = run_cli(*search_args(tiny_data, storage, art, 3, "--rung-size", "32:2", rung=True), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    rung = RungSetting(3, "32:2", cpu["rung_subset"], cpu["signal"], 0)
+    rung = RungSetting(3, "32:2", cpu["rung_subset"], cpu["signal"], 0, over_limit="reference")
     assert f"rung 2: the top 3 complete trials at {rung.describe()}" in res.stdout
     study = load(storage)
     assert study.user_attrs["final_minutes"] == 40.0  # what train.final --study best reads
@@ -163,7 +165,7 @@ def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--trials", "-1"], "--trials must be >= 0 (0 = only the second rung), got -1"),
-    (["--trials", "0", "--rung", "0"], "--trials 0 --rung 0: nothing to do"),
+    (["--trials", "0", "--rung", "0"], "--trials 0 runs only the second rung, and the rung is off here"),
     (["--storage", "redis://localhost/0"], "unknown storage scheme 'redis'"),
     (["--data", "/nonexistent/faces"], "folder missing"),
     (["--fix", "bogus=1"], "--fix bogus: not a parameter of the search space"),
