@@ -293,7 +293,7 @@ def test_a_failed_rung_run_is_recorded_retried_once_and_the_study_goes_on(tiny_d
     monkeypatch.setattr(rung_mod, "train_at", nan_for_the_first)
     assert run_mod.main(argv) == 0  # no traceback: the failure is recorded and the other runs go on
     study = load(storage, "r")
-    setting = rung_mod.RungSetting(3, "32:2", 1.0, "mean_last2_f", 0)
+    setting = rung_mod.RungSetting(3, "32:2", 1.0, "mean_last2_f", 0, over_limit="reference")  # the CPU default
     failed = study.user_attrs[f"{rung_mod.RUNG_ATTR}:{first}:{setting.id}"]
     assert failed["attempts"] == 1 and "NonFiniteLoss" in failed["failed"]
     assert len(calls) == 3 and len(rung_mod.rung_records(study)) == 2  # the other runs went on
