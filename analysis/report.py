@@ -27,11 +27,10 @@ from analysis.common import complete_trials, rank_correlations  # noqa: E402
 from search.records import full_settings, recipe_and_architecture, recorded  # noqa: E402
 from search.rung import (  # noqa: E402
     MINUTES_ATTR,
-    STAGE_ATTR,
     current_setting,
     name_of,
     proxy_text,
-    redirected,
+    redirect_notes,
     rung_records,
     stage_trials_at,
     verdict,
@@ -219,11 +218,7 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
              " (no recipe stage: no portfolio entry, or the best searched network trains at the reference's recipe)")
     limit = study.user_attrs.get(MINUTES_ATTR)
     within = f" among the picks predicted within --final-minutes {limit:g}" if limit is not None else ""
-    pair_of = {t.user_attrs[STAGE_ATTR]["network_of"]: t.number for t in stage_trials_at(study, setting)}
-    moved = "".join(f"<li>{html.escape(name_of(study.trials[n]))}: its final foretold at "
-                    f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed, over the limit: not trained "
-                    f"at its own recipe; its network at the reference's recipe is trial #{pair_of.get(n, '?')}</li>"
-                    for n, r in sorted(redirected(study, setting).items()))
+    moved = "".join(f"<li>{html.escape(note)}</li>" for note in redirect_notes(study, setting))
     return "Second rung", (f"<p>The top {setting.k} complete trials, and the portfolio entry with the best proxy F "
                            f"(the reference), trained again at {html.escape(setting.describe())}{stage}; "
                            f"<code>train.final --study best</code> takes the best rung-2 F{within}: "

@@ -32,10 +32,9 @@ from search.rung import (
     RungSetting,
     name_of,
     proxy_text,
-    redirected,
+    redirect_notes,
     run_rung,
     rung_records,
-    stage_trials,
     verdict,
 )
 from search.storage import (
@@ -319,13 +318,7 @@ def summary(study: optuna.Study, s: Settings) -> str:
                   + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
                   + (" (the reference)" if r.get("reference") else "")
                   for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
-        for n, r in sorted(redirected(study).items()):
-            pair = r["redirected"]["network_at"]
-            stage = stage_trials(study).get((pair["network_of"], pair["recipe_of"]))
-            lines.append(f"  {name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])}, its final foretold at "
-                         f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed: not trained at its own "
-                         f"recipe; its network at the reference's is "
-                         + (f"#{stage.number}" if stage else "still to be trained"))
+        lines += ["  " + note for note in redirect_notes(study)]
         lines.append(f"{verdict(study)}; train.final --study best takes it")
     over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials
             if "draws_over_cap" in t.user_attrs and "portfolio" not in t.user_attrs]  # proposals, not entries

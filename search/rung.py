@@ -476,47 +476,73 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
     if redirect:  # the reference first: the others' predicted minutes are read from its run
         runs = sorted(runs, key=lambda t: t.number != ref.number)
     for trial in runs:
-        key = f"{RUNG_ATTR}:{trial.number}:{setting.id}"
         if trial.number in finished(study, setting):
             if not skip_done:
                 say(f"rung 2: trial {trial.number} already done at this setting")
             continue
-        claim = claims.take(key)
+        claim = _take(claims, trial, setting, say)
         if claim is None:
-            say(f"rung 2: trial {trial.number} is done or being trained by another process: skipped here")
             continue
         if redirect and searched(trial) and recipe_params(trial.params) != recipe_params(ref.params):
-            try:
-                with claims.beating(claim):  # a wait may be long: the claim stays live
-                    ref_record = reference_record(study, setting, claims, ref, say)
-                minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
-                if minutes is not None and minutes > limit:
-                    pairing = pairing_of(study.trials[trial.number], ref)
-                    stage = add_stage_trial(study, setting, pairing)  # first: a kill before the record loses nothing
-                    study.set_user_attr(key, {"redirected": {"predicted_minutes": round(minutes, 1),
-                                                             "network_at": pairing[STAGE_ATTR]},
-                                              "proxy_f": trial.value, **dataclasses.asdict(setting),
-                                              "reference": False, "final_schedule": final_schedule})
-            except BaseException:
-                claims.release(claim, TrialState.FAIL)
-                raise
-            if minutes is not None and minutes > limit:
-                # no run of its own was done: the claim is failed, so that a raised limit can train it later
-                claims.release(claim, TrialState.FAIL)
-                say(f"rung 2: trial {name_of(trial)}: its final predicted at {minutes:.0f} min from its proxy speed "
-                    f"> --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
+            stage = _redirect(study, setting, claims, claim, trial, ref, limit, final_schedule, say)
+            if stage is not None:  # its claim released: the pairing's run trains instead
                 if stage.number in finished(study, setting):
                     continue
-                stage_claim = claims.take(f"{RUNG_ATTR}:{stage.number}:{setting.id}")
-                if stage_claim is None:
-                    say(f"rung 2: trial {stage.number} is done or being trained by another process: skipped here")
+                trial, claim = stage, _take(claims, stage, setting, say)
+                if claim is None:
                     continue
-                spent += _train_one(study, setting, claims, stage_claim, stage, splits, device, final_schedule,
-                                    say, is_ref=False)
-                continue
         spent += _train_one(study, setting, claims, claim, trial, splits, device, final_schedule, say,
                             is_ref=ref is not None and trial.number == ref.number)
     return spent
+
+
+def _take(claims: Claims, trial: optuna.trial.FrozenTrial, setting: RungSetting, say: Callable[[str], None]
+          ) -> int | None:
+    """This process's claim on `trial`'s run at `setting`, or None (said) when it is done or another process's."""
+    claim = claims.take(f"{RUNG_ATTR}:{trial.number}:{setting.id}")
+    if claim is None:
+        say(f"rung 2: trial {trial.number} is done or being trained by another process: skipped here")
+    return claim
+
+
+def _redirect(study: optuna.Study, setting: RungSetting, claims: Claims, claim: int, trial: optuna.trial.FrozenTrial,
+              ref: optuna.trial.FrozenTrial, limit: float, final_schedule: str, say: Callable[[str], None]
+              ) -> optuna.trial.FrozenTrial | None:
+    """When `trial`'s final is foretold over `limit` from its proxy speed: its network's pairing with the reference's
+    recipe (added to the study), its record `redirected` and its claim released; else None, the claim kept."""
+    try:
+        with claims.beating(claim):  # a wait may be long: the claim stays live
+            ref_record = reference_record(study, setting, claims, ref, say)
+        minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
+        if minutes is None or minutes <= limit:
+            return None
+        pairing = pairing_of(trial, ref)
+        stage = add_stage_trial(study, setting, pairing)  # first: a kill before the record loses nothing
+        study.set_user_attr(f"{RUNG_ATTR}:{trial.number}:{setting.id}", {
+            "redirected": {"predicted_minutes": round(minutes, 1), "network_at": pairing[STAGE_ATTR]},
+            "proxy_f": trial.value, **dataclasses.asdict(setting), "reference": False,
+            "final_schedule": final_schedule})
+    except BaseException:
+        claims.release(claim, TrialState.FAIL)
+        raise
+    claims.release(claim, TrialState.FAIL)  # no run of its own was done: a raised limit can train it later
+    say(f"rung 2: trial {name_of(trial)}: its final predicted at {minutes:.0f} min from its proxy speed "
+        f"> --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
+    return stage
+
+
+def redirect_notes(study: optuna.Study, setting: RungSetting | None = None) -> list[str]:
+    """One line per pick the rung redirected to the reference's recipe (the summary's and the report's)."""
+    stages = stage_trials(study)
+    notes = []
+    for n, r in sorted(redirected(study, setting).items()):
+        pair = r["redirected"]["network_at"]
+        stage = stages.get((pair["network_of"], pair["recipe_of"]))
+        notes.append(f"{name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])}, its final foretold at "
+                     f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed: not trained at its own "
+                     f"recipe; its network at the reference's is " + (f"#{stage.number}" if stage else
+                                                                        "still to be trained"))
+    return notes
 
 
 def _train_one(study: optuna.Study, setting: RungSetting, claims: Claims, claim: int,
