@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from train.classes import CLASS_NAMES
+from train.cli import parser
 from train.data import load_split
 from train.infer import load_checkpoint, pick_device, safe_load
 from train.loop import evaluate
@@ -82,13 +83,13 @@ def parse_group(text: str) -> tuple[str, list[Path]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--runs", action="append", required=True, metavar="NAME=RUN[,RUN...]",
-                   help="a group of train.final output folders (e.g. the seeds of one network), repeatable; the "
-                        "first group is the one the others are compared to")
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset root for runs that must be scored again; None: the folder each run trained on")
+    p = parser("python -m analysis.compare", __doc__, epilog="Details: docs/analysis.md.")
+    g = p.add_argument_group("runs")
+    g.add_argument("--runs", action="append", required=True, metavar="NAME=RUN[,RUN...]",
+                   help="a group of train.final output folders (e.g. one network's seeds), repeatable; the first "
+                        "group is the one the others are compared to")
+    g.add_argument("--data", type=Path, default=None,
+                   help="dataset root for runs that must be scored again (default: the folder each run trained on)")
     return p.parse_args(argv)
 
 

@@ -39,11 +39,12 @@ from search.records import (
     seed_spreads,
     variant_results,
 )
-from search.rung import train_at
+from search.rung import proxy_text, train_at
 from search.storage import DEFAULT_STORAGE, StorageError, load_existing_study
 from space.config import ArchConfig, TrainConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, replay, sample_config
+from train.cli import parser
 from train.data import DataError, SplitCache, resolve_data
 from train.infer import DEVICE_DEFAULTS, device_defaults, pick_device, safe_load
 from train.loop import EMA_DECAY, SIGNALS, full_fit
@@ -135,7 +136,7 @@ def retrain(args: argparse.Namespace, items: list[int | str], threads: int) -> N
             continue  # a re-run of the same command resumes where an interrupted one stopped
         if isinstance(item, int):
             trial = study.trials[item]
-            configs, said = replay(trial), f"trial #{item}: proxy F {trial.value:.4f} ->"
+            configs, said = replay(trial), f"trial #{item}: proxy F {proxy_text(trial.value)} ->"
         else:
             configs = sample_config(optuna.trial.FixedTrial(PRESETS[item]))
             said = f"preset {item} at its hand recipe:"
@@ -268,41 +269,37 @@ def spread_line(study: optuna.Study, setting: FullSetting) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analysis.fidelity", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--k", type=int, default=8, help="number of trials to retrain (spread from best to median)")
-    p.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
-                   help="full-fidelity resolution with --epochs, or a resolution schedule, as train.final takes it "
-                        f"(default train.final's: {DEVICE_DEFAULTS['cpu']['final_schedule']} on the CPU, "
-                        f"{DEVICE_DEFAULTS['cuda']['final_schedule']} on CUDA); each setting (schedule, seed, EMA, "
-                        "data) keeps its own records")
-    p.add_argument("--epochs", type=int, default=None, help="full-fidelity epochs at --size SIZE")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order, as train.final")
-    p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay of the weights, as train.final")
-    p.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET",
-                   help="instead of retraining: re-run this proxy variant (a size or resolution schedule, then the "
-                        "share of train: 96:4:0.4, 128:4,256:2:1) on every trial with a full F, as the search's "
-                        "second rung trains (at the "
-                        "setting --size/--epochs/--seed name; without --size, the setting with the most records)")
-    p.add_argument("--every", action="store_true",
-                   help="with --proxy: re-run every complete trial, not only those with a full F (so that the "
-                        "variant is on record before the full runs end)")
-    p.add_argument("--table", action="store_true",
-                   help="only print the table of the study's proxy and every variant measured, against the full F "
-                        "at the setting --size/--epochs/--seed/--ema name (without --size: the setting with the most "
-                        "records)")
-    p.add_argument("--hand-recipe", action="append", default=[], choices=sorted(PRESETS), metavar="PRESET",
-                   help="instead of retraining trials: retrain this preset at its own hand recipe (repeatable), "
-                        "the baseline of the report's recipe-vs-architecture table")
-    p.add_argument("--from-final", type=Path, default=None, metavar="OUT",
-                   help="instead of retraining: record a finished train.final run (its output folder) of --trial N "
-                        "as that trial's full F, after checking it trained the trial's own configs on train only")
-    p.add_argument("--trial", type=int, default=None, help="the trial --from-final ran")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (the cores are split between them)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
-    p.add_argument("--data", type=Path, default=None, help="dataset root (default: the study's own data folder)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p = parser("python -m analysis.fidelity", __doc__, epilog="Details: docs/analysis.md.")
+    g = p.add_argument_group("study")
+    g.add_argument("--study", required=True, help="study name")
+    g.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
+    g.add_argument("--data", type=Path, default=None, help="dataset root (default: the study's own data folder)")
+    g = p.add_argument_group("the full-fidelity setting (as train.final)")
+    g.add_argument("--k", type=int, default=8, help="number of trials to retrain (spread from best to median)")
+    g.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
+                   help="a resolution schedule, or a size with --epochs (default train.final's: "
+                        f"{DEVICE_DEFAULTS['cpu']['final_schedule']} CPU, {DEVICE_DEFAULTS['cuda']['final_schedule']} "
+                        "CUDA); each setting keeps its own records")
+    g.add_argument("--epochs", type=int, default=None, help="epochs at --size SIZE")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights and data order")
+    g.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay of the weights")
+    g = p.add_argument_group("instead of retraining")
+    g.add_argument("--proxy", default=None, metavar="SIZE:EPOCHS[,...]:SUBSET",
+                   help="re-run this proxy variant (e.g. 96:4:0.4, 128:4,256:2:1) on every trial with a full F, as "
+                        "the second rung trains")
+    g.add_argument("--every", action="store_true", help="with --proxy: every complete trial, not only those with a "
+                                                        "full F")
+    g.add_argument("--table", action="store_true",
+                   help="only print the proxy and every variant measured against the full F at the setting named")
+    g.add_argument("--hand-recipe", action="append", default=[], choices=sorted(PRESETS), metavar="PRESET",
+                   help="retrain this preset at its own hand recipe (repeatable): the report's recipe baseline")
+    g.add_argument("--from-final", type=Path, default=None, metavar="OUT",
+                   help="record a finished train.final run of --trial N as that trial's full F (checked: its own "
+                        "configs, train only)")
+    g.add_argument("--trial", type=int, default=None, help="the trial --from-final ran")
+    g = p.add_argument_group("machine")
+    g.add_argument("--workers", type=int, default=1, help="parallel processes (the cores are split between them)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p.parse_args(argv)
 
 

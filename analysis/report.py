@@ -8,7 +8,6 @@ curves, pruning, and proxy-vs-full fidelity when full retrains are recorded.
 
 from __future__ import annotations
 
-import argparse
 import html
 import sys
 import warnings
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+
+from train.cli import parser
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,6 +32,7 @@ from search.rung import (  # noqa: E402
     name_of,
     proxy_text,
     redirect_notes,
+    reference_number,
     rung_records,
     stage_trials_at,
     verdict,
@@ -210,7 +212,8 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
         return None
     setting = current_setting(study)
     minutes = lambda r: f"{r['final_minutes']:.0f}" if r.get("final_minutes") else "-"
-    rows = "".join(f"<tr><td>{html.escape(name_of(study.trials[n]))}{' (the reference)' if r.get('reference') else ''}"
+    ref = reference_number(study, records)
+    rows = "".join(f"<tr><td>{html.escape(name_of(study.trials[n]))}{' (the reference)' if n == ref else ''}"
                    f"</td><td>{proxy_text(r['proxy_f'])}</td><td>{r['f']:.4f}</td><td>{r['seconds']:.0f}</td>"
                    f"<td>{minutes(r)}</td></tr>" for n, r in sorted(records.items(), key=lambda kv: -kv[1]["f"]))
     stage = (", then the best searched network at the reference's recipe (the recipe stage)"
@@ -253,10 +256,11 @@ def write_report(study: optuna.Study, out: Path, progress: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/report)")
+    p = parser("python -m analysis.report", __doc__, epilog="Details: docs/analysis.md.")
+    g = p.add_argument_group("study and output")
+    g.add_argument("--study", required=True, help="study name")
+    g.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
+    g.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/report)")
     args = p.parse_args(argv)
     try:
         study = load_existing_study(args.storage, args.study)

@@ -31,6 +31,7 @@ from bench.gpu_tier import gpu_or_none, run_module, sync_check
 from bench.throughput import device_name, measure
 from search.storage import open_storage
 from space.portfolio import R85
+from train.cli import parser as cli_parser
 from train.data import DataError, list_split
 from train.synthetic import write_dataset
 
@@ -71,8 +72,7 @@ def final_epochs(images_per_s: float, n_train: int, minutes: float) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_flow", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli_parser("python -m bench.gpu_flow", __doc__)
     p.add_argument("--data", type=Path, default=None,
                    help="train and val in the challenge layout (on the GPU machine: the carried folder); not needed "
                         "with --dry-run")

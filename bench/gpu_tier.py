@@ -43,6 +43,7 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.accel import Accel, sync_debug_mode
+from train.cli import parser as cli_parser
 from train.data import SplitCache
 from train.infer import pick_device
 from train.loop import make_batches, on_device, setup_run, train_step
@@ -111,8 +112,7 @@ def sync_check(device: torch.device, data: Path, size: int, steps: int = 6) -> d
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_tier", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli_parser("python -m bench.gpu_tier", __doc__)
     p.add_argument("--data", type=Path, default=None, help="dataset root (challenge layout); required unless --smoke")
     p.add_argument("--out", type=Path, default=Path("runs/gpu_tier"), help="folder for the study, logs and JSON")
     p.add_argument("--search-minutes", type=float, default=12.0, help="time given to the search")

@@ -10,7 +10,6 @@ default's "<= 45 minutes alone on 2 threads" rule reads.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from space.presets import PRESETS
 from space.sample import check_params, parse_assignments, sample_config
+from train.cli import parser as cli_parser
 from train.data import SplitCache
 from train.infer import pick_device
 from train.loop import FULL_EVALS, evaluate, full_fit
@@ -55,8 +55,7 @@ def measure_size(splits: SplitCache, size: int, configs, device: torch.device) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.schedule", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli_parser("python -m bench.schedule", __doc__)
     p.add_argument("--data", type=Path, required=True, help="dataset root (challenge layout)")
     p.add_argument("--schedules", nargs="+", required=True, metavar="SIZE:EPOCHS[,SIZE:EPOCHS]",
                    help="schedules to price")

@@ -7,7 +7,6 @@ Their ratio is the data-pipeline efficiency. Prints one line per resolution.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from space.network import build_model
 from space.presets import PRESETS
 from space.sample import sample_config
 from train.accel import Accel
+from train.cli import parser as cli_parser
+from train.cli import renamed
 from train.data import Split, load_split
 from train.infer import autocast, pick_device, to_tensor
 from train.loop import fit, make_optimizer
@@ -91,7 +92,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    p = cli_parser("python -m bench.throughput", __doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="resolutions (default: 64 128 on CPU, 256 512 on CUDA)")
     p.add_argument("--batch", type=int, default=16, help="batch size")
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                    "on CPU, 16 on CUDA)")
     p.add_argument("--epochs", type=int, default=3, help="end-to-end epochs (the first is discarded)")
     p.add_argument("--steps", type=int, default=None, help="model-only timed steps (default: one epoch's)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
+    p.add_argument("--loader-workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
+    renamed(p, "--workers", "--loader-workers", "loader_workers", type=int)
     p.add_argument("--data", type=Path, default=None, help="dataset root; default a generated synthetic set")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     args = p.parse_args(argv)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     sizes = args.sizes or ([256, 512] if cuda else [64, 128])
-    workers = args.workers if args.workers is not None else (6 if cuda else 0)
+    workers = args.loader_workers if args.loader_workers is not None else (6 if cuda else 0)
     n_images = args.images or args.batch * (16 if cuda else 4)
     print(f"device: {device_name(device)}; preset {args.preset}; batch {args.batch}; workers {workers}; "
           f"torch {torch.__version__}")

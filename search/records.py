@@ -94,8 +94,9 @@ def hand_recipe_results(study: optuna.Study, setting: FullSetting | None = None)
 
 def recipe_and_architecture(study: optuna.Study) -> list[tuple[str, float, str]]:
     """(row, full F, what the step to it buys) for a study searched at a fixed recipe: the best preset at its
-    hand recipe, the same preset at the study's recipe (the recipe's share), the best searched architecture at
-    the study's recipe (the architecture's share). Rows whose runs were not recorded are left out."""
+    hand recipe, the same preset at the study's recipe (the recipe's share), the best portfolio entry that is not a
+    preset and the best searched architecture at the study's recipe (each named as what it is: the architecture's
+    share). Rows whose runs were not recorded are left out."""
     settings = full_settings(study)
     if not settings:
         return []
@@ -104,7 +105,10 @@ def recipe_and_architecture(study: optuna.Study) -> list[tuple[str, float, str]]
     by_number = {t.number: t for t in study.trials}
     presets = {by_number[n].user_attrs["preset"]: f for n, f in full.items()
                if n in by_number and "preset" in by_number[n].user_attrs}
-    searched = {n: f for n, f in full.items() if n in by_number and "preset" not in by_number[n].user_attrs}
+    entries = {n: f for n, f in full.items() if n in by_number and "portfolio" in by_number[n].user_attrs
+               and "preset" not in by_number[n].user_attrs}  # known-good networks found by earlier searches
+    searched = {n: f for n, f in full.items() if n in by_number and not {"preset", "portfolio", "recipe_stage"}
+                & set(by_number[n].user_attrs)}
     rows: list[tuple[str, float, str]] = []
     if not presets or not study.user_attrs.get("fixed"):
         return rows
@@ -114,6 +118,10 @@ def recipe_and_architecture(study: optuna.Study) -> list[tuple[str, float, str]]
         rows.append((f"preset {name} at its hand recipe", hand, ""))
     rows.append((f"preset {name} at the study's recipe", at_recipe,
                  "" if hand is None else f"recipe: {at_recipe - hand:+.4f}"))
+    if entries:
+        number, best = max(entries.items(), key=lambda kv: kv[1])
+        rows.append((f"portfolio entry {by_number[number].user_attrs['portfolio']} (#{number}) at the study's recipe",
+                     best, f"architecture: {best - at_recipe:+.4f}"))
     if searched:
         number, best = max(searched.items(), key=lambda kv: kv[1])
         rows.append((f"searched #{number} at the study's recipe", best, f"architecture: {best - at_recipe:+.4f}"))

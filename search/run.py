@@ -17,83 +17,39 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.rung import (
-    FAILURES,
-    MINUTES_ATTR,
-    PENDING_ATTR,
-    SETTING_ATTR,
-    RungSetting,
-    name_of,
-    proxy_text,
-    redirect_notes,
-    run_rung,
-    rung_records,
-    verdict,
+from search.cli import parse_args, validate
+from search.rung import FAILURES, PENDING_ATTR, RungSetting, run_rung
+from search.settings import (
+    Settings,
+    check_resumable,
+    fixed_params,
+    record_settings,
+    recorded_attrs,
+    settings_from_args,
+    study_name,
 )
-from search.storage import (
-    DEFAULT_STORAGE,
-    HEARTBEAT_S,
-    StorageError,
-    is_sqlite,
-    open_storage,
-    pick_trial,
-    require_study,
-)
-from search.workers import fail_dead_trials, take_trial, this_worker
+from search.storage import StorageError, open_storage, require_study, storage_exists
+from search.summary import save_dashboard_note, summary
+from search.workers import fail_dead_trials, retry_once, take_trial, this_worker
 from space.budget import count_flops
 from space.config import BUDGET
-from space.portfolio import PORTFOLIO, Entry, load_portfolio
+from space.portfolio import Entry
 from space.presets import PRESETS
-from space.sample import ADDED_PARAMS, InCapSampler, check_params, parse_assignments, recipe_params, sample_config
+from space.sample import ADDED_PARAMS, InCapSampler, SpaceError, sample_config
 from train.accel import share_memory
-from train.data import DataError, Split, SplitCache, load_split, resolve_data
-from train.infer import device_defaults, pick_device, predict_logits
+from train.data import DataError, Split, SplitCache, load_split
+from train.infer import pick_device, predict_logits
 from train.loop import fit_new, proxy_signals
-from train.schedule import MAX_EPOCHS, MAX_SIZE, MIN_SIZE, ScheduleError, Stage, parse_schedule
+from train.schedule import Stage
 from train.visual import prediction_grid
 
 METRIC_NAME = "val_f_measure"
-OVER_LIMIT_DEFAULT = "reference"  # search.rung's rule for picks foretold over --final-minutes (RungSetting.over_limit):
-# on both CPU flow studies it shipped the same pick as "own" in 12 and 24 fewer rung minutes (docs/results.md)
-
-
-@dataclass
-class Settings:
-    data: Path
-    study: str
-    storage: str
-    artifact_dir: Path
-    proxy_size: int
-    proxy_epochs: int
-    subset: float
-    sampler: str
-    pruner: str
-    seed: int
-    device: str
-    loader_workers: int
-    heartbeat: float = HEARTBEAT_S
-    signal: str = "last_f"  # what a complete trial reports: train.loop.proxy_signals' last_f or mean_last2_f
-    flops_cap: float = 0.0  # prune trials costing more than this multiple of the costliest preset's FLOPs
-    fixed: dict = field(default_factory=dict)  # params held fixed (--fix, --recipe-from); the rest is searched
-    rung_k: int = 0  # trials promoted to the second rung (search.rung); 0 = none
-    rung_schedule: str = "128:4"
-    rung_subset: float = 0.4
-    portfolio: tuple[Entry, ...] = PORTFOLIO  # known-good entries every new study starts from (space.portfolio)
-    final_schedule: str = "128:24,256:12"  # train.final's default here: the rung predicts its minutes
-    final_minutes: float | None = None  # picks predicted slower than this are left out (search.rung)
-    final_minutes_given: bool = True  # False: the device's default, and a study that recorded a limit keeps its own
-    over_limit: str = OVER_LIMIT_DEFAULT  # --over-limit-recipe: the recipe a pick foretold over the limit trains at
-    over_limit_given: bool = True  # False: the default, and a study whose last rung recorded one keeps its own
-
-    def rung(self) -> RungSetting:
-        return RungSetting(self.rung_k, self.rung_schedule, self.rung_subset, self.signal, self.seed, self.over_limit)
 
 
 def preset_flops(size: int) -> int:
@@ -110,9 +66,10 @@ class Objective:
         s.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.store = FileSystemArtifactStore(str(s.artifact_dir))
         self.max_flops = s.flops_cap * preset_flops(s.proxy_size) if s.flops_cap else None
+        self.trial: optuna.Trial | None = None  # the trial being trained (failed and retried on SIGTERM)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        s = self.s
+        s, self.trial = self.s, trial
         for key, value in this_worker().items():  # first: a later start can tell whether this worker died
             trial.set_user_attr(key, value)
         arch, loss_cfg, train_cfg = sample_config(trial)
@@ -140,6 +97,9 @@ class Objective:
                                     workers=s.loader_workers, callback=report, desc=f"trial {trial.number}")
         except FAILURES as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+        except Terminated as e:
+            trial.set_user_attr("fail_reason", f"terminated (signal {e.signum}) while training; enqueued again")
             raise
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("seconds", round(result.seconds, 2))
@@ -226,7 +186,8 @@ def enqueue_portfolio(study: optuna.Study, storage: optuna.storages.BaseStorage,
     """
     for entry in portfolio:
         attrs = {"portfolio": entry.name, **({"preset": entry.preset} if entry.preset else {})}
-        study.enqueue_trial({**entry.params, **(fixed or {})}, user_attrs=attrs, skip_if_exists=True)
+        # a parameter added to the space after the entry was written takes the value it always had, never a draw
+        study.enqueue_trial({**ADDED_PARAMS, **entry.params, **(fixed or {})}, user_attrs=attrs, skip_if_exists=True)
     first: dict[str, int] = {}
     dropped = []
     for t in study.get_trials(deepcopy=False):
@@ -256,10 +217,20 @@ def load_data(s: Settings) -> tuple[Split, Split]:
     return train, val
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a trial trains in this process: raised as a KeyboardInterrupt so that Optuna fails the trial (a
+    SystemExit would leave it RUNNING until a heartbeat or a later start noticed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: tuple[Split, Split] | None = None,
                workers_on_device: int = 1) -> None:
     """One process's share of the search (also the single-process path, which passes the data it loaded): it
-    runs trials while the invocation's `budget` (a shared multiprocessing Value) has any left."""
+    runs trials while the invocation's `budget` (a shared multiprocessing Value) has any left. A trial ended by
+    SIGTERM is failed and enqueued once more (the next start trains it), as a killed worker's is."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(s.device)
@@ -268,8 +239,26 @@ def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: t
     train, val = data or load_data(s)
     study = open_study(s)
     objective, t0 = Objective(s, train, val), time.time()
-    while (timeout is None or time.time() - t0 < timeout) and take_trial(budget):
-        study.optimize(objective, n_trials=1, callbacks=[say_trial], catch=FAILURES, gc_after_trial=True)
+    try:
+        while (timeout is None or time.time() - t0 < timeout) and take_trial(budget):
+            study.optimize(objective, n_trials=1, callbacks=[say_trial], catch=FAILURES, gc_after_trial=True)
+    except Terminated:
+        if objective.trial is not None:
+            failed = study._storage.get_trial(objective.trial._trial_id)
+            reason = failed.user_attrs.get("fail_reason", "")
+            if failed.state == optuna.trial.TrialState.FAIL and reason.startswith("terminated"):
+                retry_once(study, failed)
+        raise
+
+
+def worker_process(*args) -> None:
+    """A `--workers` process: run_worker, and a search that cannot go on (no proposal within the FLOPs cap) ends it
+    with one line and exit status 2."""
+    try:
+        run_worker(*args)
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def say_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
@@ -292,267 +281,69 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=done))
 
 
-def describe(t: optuna.trial.FrozenTrial) -> str:
-    p = t.params
-    stages = "-".join(f"{p.get(f's{i}_block')}{p.get(f's{i}_depth')}" for i in range(p.get("n_stages", 0)))
-    return (f"#{t.number:<4} F={t.value:.4f} params={t.user_attrs.get('params', 0):>9,} "
-            f"stages={stages} os={p.get('output_stride')} ctx={p.get('context')} "
-            f"skips={''.join(k for k in '842' if p.get(f'skip{k}')) or '-'} detail={p.get('detail_width')}")
-
-
-def summary(study: optuna.Study, s: Settings) -> str:
-    states = [t.state for t in study.trials]
-    counts = {st.name.lower(): states.count(st) for st in optuna.trial.TrialState if states.count(st)}
-    done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
-                  key=lambda t: t.value, reverse=True)
-    lines = [f"study {s.study!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
-    rung = rung_records(study)
-    if done:
-        lines.append("top trials:")
-        lines += ["  " + describe(t) + (f" rung2_F={rung[t.number]['f']:.4f}" if t.number in rung else "")
-                  for t in done[:5]]
-    if rung:
-        lines.append(f"second rung ({len(rung)} trials), train.final predicted at {s.final_schedule}"
-                     + (f", picks over {s.final_minutes:g} min left out" if s.final_minutes else "") + ":")
-        lines += [f"  {name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])} -> rung-2 F {r['f']:.4f}, "
-                  + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
-                  + (" (the reference)" if r.get("reference") else "")
-                  for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
-        lines += ["  " + note for note in redirect_notes(study)]
-        lines.append(f"{verdict(study)}; train.final --study best takes it")
-    over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials
-            if "draws_over_cap" in t.user_attrs and "portfolio" not in t.user_attrs]  # proposals, not entries
-    if over and s.flops_cap:
-        lines.append(f"FLOPs cap: {sum(over)} of {sum(over) + len(over)} draws were over it and drawn again "
-                     f"({sum(over) / (sum(over) + len(over)):.0%}); no trial was created for them")
-    lines += ["", f"browse:  optuna-dashboard {s.storage} --artifact-dir {s.artifact_dir}",
-              "retrain: python -m train.final --study best"
-              + ("" if s.storage == DEFAULT_STORAGE else f" --storage {s.storage}")]
-    return "\n".join(lines)
-
-
-def save_dashboard_note(study: optuna.Study, s: Settings, text: str) -> None:
-    """A markdown note on the study's dashboard page: data, proxy settings, best trials, commands."""
-    import optuna_dashboard
-
-    note = (f"# facenas study `{s.study}`\n\n- data: `{s.data}`\n- proxy: {s.proxy_size} px, {s.proxy_epochs} epochs, "
-            f"{s.subset:.0%} of train, scored by {s.signal}, device {s.device}; sampler {s.sampler}, "
-            f"pruner {s.pruner}\n"
-            f"- budget: fewer than {BUDGET:,} parameters\n\n```\n{text}\n```\n\n"
-            f"Each complete trial has a prediction grid artifact (input, ground truth, prediction).\n")
-    optuna_dashboard.save_note(study, note)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="A trial whose loss becomes NaN/inf or that runs out of memory is marked FAIL "
-                                       "with the reason and the search goes on; any other exception is a bug and "
-                                       "ends the run with its traceback (finished trials stay in the study).")
-    p.add_argument("--trials", type=int, default=100,
-                   help="new trials to run in this invocation; 0 = none: only the second rung, on the study's "
-                        "trials (e.g. to judge them again at another --rung-size or --over-limit-recipe)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset root (challenge layout); default data/celebamask-mini if present, else the "
-                        "embedded synthetic face set, generated once into data/synthetic/")
-    p.add_argument("--study", default=None, help="study name; default facenas-<data folder name>")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help="Optuna storage: an RDB URL (sqlite:///..., postgresql+psycopg://...) or a plain path "
-                        "to a JournalFileBackend file")
-    p.add_argument("--proxy-size", type=int, default=None, help="proxy training resolution in px "
-                   "(default 64 on CPU, 256 on CUDA)")
-    p.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy run (default 4 CPU, 12 CUDA)")
-    p.add_argument("--subset", type=float, default=None,
-                   help="fraction of the training split used by proxies (default 0.4 CPU, 1.0 CUDA)")
-    p.add_argument("--signal", choices=("last_f", "mean_last2_f"), default=None,
-                   help="what a complete proxy trial reports: the last val F, or the mean of the last two "
-                        "evaluations (default mean_last2_f on CPU, where it ranked best per CPU-minute against full "
-                        "training, docs/results.md; last_f on CUDA, not yet measured there)")
-    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
-    p.add_argument("--pruner", choices=("hyperband", "median", "none"), default="hyperband",
-                   help="Optuna pruner, stepped per proxy epoch")
-    p.add_argument("--workers", type=int, default=1,
-                   help="parallel processes sharing the study (needs a journal file or PostgreSQL, not SQLite)")
-    p.add_argument("--artifact-dir", type=Path, default=None,
-                   help="where prediction grids are stored (default studies/artifacts)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of proxy training")
-    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--flops-cap", type=float, default=None,
-                   help="prune, before training, any trial whose forward pass costs more FLOPs than this multiple "
-                        "of the most expensive preset (0 = no cap; default 1.0 on CPU, where slow nets cannot be "
-                        "retrained in time, 0 on CUDA)")
-    p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
-                   help="hold one parameter of the space at a value (repeatable; the names are the study's "
-                        "parameter names, checked against the space), e.g. --fix batch_size=8; the portfolio's "
-                        "entries take the fixed values too. `train.final` replays them exactly")
-    p.add_argument("--portfolio", type=Path, default=None, metavar="FILE",
-                   help="start a new study from these known-good configurations instead of the built-in portfolio "
-                        "(space/portfolio.py: dw_unet, arch-tpe #28 and the other presets at recipe R85): a JSON "
-                        "list of {\"name\": ..., \"params\": {trial params}}, each checked against the space. "
-                        "Entries are trained first, never pruned, and the best of them by proxy F is trained at the "
-                        "second rung beside the top K (the reference)")
-    p.add_argument("--recipe-from", default=None, metavar="STUDY[:TRIAL]",
-                   help="hold the loss and optimiser params (the recipe) at those of a trial of another study "
-                        "in the same storage (default its best trial), so that only architectures are searched; "
-                        "--fix values win over it")
-    p.add_argument("--rung", type=int, default=None, metavar="K",
-                   help="after the proxy trials, train the top K complete trials again at --rung-size on "
-                        "--rung-subset of train (the second rung), with the portfolio entry of the best proxy F (the "
-                        "reference) and then, when its recipe differs, the best searched network at the reference's "
-                        "recipe (the recipe stage); train.final --study best takes the best of them (among those "
-                        "within --final-minutes); 0 = off "
-                        "(default 3 on CPU, 0 on CUDA)")
-    p.add_argument("--rung-size", default=None, metavar="SIZE:EPOCHS[,...]",
-                   help="the second rung's resolution schedule (default 128:4,256:2 on CPU: of the rungs measured it "
-                        "ordered the networks of known full F best, docs/results.md)")
-    p.add_argument("--rung-subset", type=float, default=None,
-                   help="share of the training split the second rung trains on (default 1.0 on CPU)")
-    p.add_argument("--final-minutes", type=float, default=None, metavar="M",
-                   help="leave out of the rung's choice any trial whose train.final, at the device's default "
-                        "schedule, is predicted to take over M minutes (each rung run records its seconds per epoch "
-                        "and per scoring at each size; the summary prints every promoted trial's prediction). "
-                        "Default 40 on the CPU, meant to keep the whole flow (this search, then train.final) within "
-                        "2 hours on two cores; off on CUDA; inf turns it off; a resumed study keeps the limit it "
-                        "recorded unless this flag is given")
-    p.add_argument("--over-limit-recipe", choices=("own", "reference"), default=None,
-                   help="what the second rung trains for a searched pick whose train.final is foretold over "
-                        "--final-minutes from its proxy speed (the reference's predicted minutes x the reference's "
-                        "proxy images/s / the pick's): own = the pick as searched, which the limit then leaves "
-                        "out; reference = the pick's network at the reference's recipe (a recipe stage trial), "
-                        "which can ship. The reference's rung run is trained first. On the two CPU flow studies "
-                        "'reference' shipped the same picks as 'own' with 12 and 24 fewer rung minutes "
-                        "(docs/results.md); a rung with another value is a new rung setting. Default "
-                        f"{OVER_LIMIT_DEFAULT}; a resumed study keeps the value of its last rung unless this flag "
-                        "is given")
-    p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
-                   help="seconds between heartbeats of a running trial on an RDB storage; a trial silent for 3 "
-                        "beats (its worker was killed) is marked FAIL and retried once")
-    return p.parse_args(argv)
-
-
-def fixed_params(args: argparse.Namespace, storage: optuna.storages.BaseStorage) -> dict:
-    """--recipe-from's recipe, then the --fix values over it; every name and value checked against the space."""
-    fixed = {}
-    if args.recipe_from:
-        name, _, number = args.recipe_from.partition(":")
-        if number and not number.isdigit():
-            raise ValueError(f"--recipe-from {args.recipe_from}: expected STUDY or STUDY:TRIAL (a trial number)")
-        require_study(storage, name)
-        source = optuna.load_study(study_name=name, storage=storage)
-        trial = pick_trial(source, int(number) if number else None)
-        fixed = recipe_params(trial.params)
-    fixed.update(parse_assignments(args.fix, "--fix"))
-    return check_params(fixed, "--fix")
-
-
-def check_resumable(study: optuna.Study, s: Settings) -> None:
-    """A study's F values are comparable only under one proxy and one set of fixed params: refuse to mix."""
-    recorded = study.user_attrs.get("proxy")
-    if recorded is None and not any(t.state.is_finished() for t in study.trials):
-        return  # a new study: nothing trained yet (another process started together may still be writing settings)
-    # studies from before --signal reported the last F
-    proxy = {"signal": "last_f", **(recorded or {})}
-    # the seed too: the proxies and rung runs were seeded from it (seed + trial number), and analysis replays them
-    now = {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset, "signal": s.signal, "seed": s.seed}
-    changed = [f"{k} {proxy[k]} -> {v}" for k, v in now.items() if k in proxy and proxy[k] != v]
-    fixed = study.user_attrs.get("fixed", {})
-    if fixed:  # a study from before a parameter existed held it at its old value (--recipe-from now names it too)
-        fixed = {**{k: v for k, v in ADDED_PARAMS.items() if s.fixed.get(k, object()) == v}, **fixed}
-    if fixed != s.fixed:
-        changed.append(f"fixed params {study.user_attrs.get('fixed', {})} -> {s.fixed}")
-    if changed:
-        raise ValueError(f"study {s.study!r} was searched with other settings ({'; '.join(changed)}); its F values "
-                         f"would not be comparable: use the same flags, or a new --study")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    device = pick_device(args.device)
-    d = device_defaults(device)
-    data = resolve_data(args.data)
-    return Settings(
-        data=data, study=args.study or f"facenas-{data.resolve().name}", storage=args.storage,
-        artifact_dir=args.artifact_dir or Path("studies/artifacts"),
-        proxy_size=args.proxy_size or d["proxy_size"], proxy_epochs=args.proxy_epochs or d["proxy_epochs"],
-        subset=args.subset or d["subset"], signal=args.signal or d["signal"], sampler=args.sampler,
-        pruner=args.pruner, seed=args.seed,
-        device=str(device), loader_workers=d["loader_workers"], heartbeat=args.heartbeat,
-        flops_cap=d["flops_cap"] if args.flops_cap is None else args.flops_cap,
-        rung_k=d["rung_k"] if args.rung is None else args.rung, rung_schedule=args.rung_size or d["rung_schedule"],
-        rung_subset=args.rung_subset or d["rung_subset"],
-        portfolio=load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO,
-        final_schedule=d["final_schedule"],
-        final_minutes=final_minutes_limit(d["final_minutes"] if args.final_minutes is None else args.final_minutes),
-        final_minutes_given=args.final_minutes is not None, over_limit=args.over_limit_recipe or OVER_LIMIT_DEFAULT,
-        over_limit_given=args.over_limit_recipe is not None)
-
-
-def final_minutes_limit(minutes: float | None) -> float | None:
-    """`--final-minutes` as the study stores it: None when off (`inf`)."""
-    return None if minutes is None or math.isinf(minutes) else minutes
-
-
-def validate(args: argparse.Namespace) -> None:
-    if args.trials < 0:
-        raise ValueError(f"--trials must be >= 0 (0 = only the second rung), got {args.trials}")
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.workers > 1 and is_sqlite(args.storage):
-        raise ValueError("SQLite is unsafe for parallel writers: with --workers > 1 use a journal file "
-                         "(--storage studies/facenas.journal) or PostgreSQL (--storage postgresql+psycopg://...)")
-    if args.subset is not None and not 0 < args.subset <= 1:
-        raise ValueError(f"--subset must be in (0, 1], got {args.subset}")
-    for name, (low, high) in (("proxy_size", (MIN_SIZE, MAX_SIZE)), ("proxy_epochs", (1, MAX_EPOCHS))):
-        value = getattr(args, name)
-        if value is not None and not low <= value <= high:
-            raise ValueError(f"--{name.replace('_', '-')} must be {low}..{high}, got {value}")
-    if args.flops_cap is not None and args.flops_cap < 0:
-        raise ValueError(f"--flops-cap must be >= 0 (0 = no cap), got {args.flops_cap}")
-    if args.heartbeat <= 0:
-        raise ValueError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError(f"--timeout must be > 0, got {args.timeout}")
-    if args.rung is not None and args.rung < 0:
-        raise ValueError(f"--rung must be >= 0 (0 = off), got {args.rung}")
-    if args.rung_subset is not None and not 0 < args.rung_subset <= 1:
-        raise ValueError(f"--rung-subset must be in (0, 1], got {args.rung_subset}")
-    if args.final_minutes is not None and not args.final_minutes > 0:
-        raise ValueError(f"--final-minutes must be > 0 minutes, got {args.final_minutes}")
-    if args.rung_size is not None:
-        try:
-            parse_schedule(args.rung_size)
-        except ScheduleError as e:
-            raise ValueError(f"--rung-size {args.rung_size}: {e}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        validate(args)
-        s = settings_from_args(args)
-        if not args.trials and not s.rung_k:
-            raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
-                             "device's default: 0 on CUDA): give --rung K")
-        data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
-        storage = open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
-        s.fixed = fixed_params(args, storage)
-        if not args.trials:  # only the rung: on a study that has trials, nothing created
-            require_study(storage, s.study)
-            if not optuna.load_study(study_name=s.study, storage=storage).get_trials(
-                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-                raise ValueError(f"--trials 0 runs only the second rung, on the study's trials, and study "
-                                 f"{s.study!r} has no complete trial yet")
-        study = open_study(s, storage)
-        check_resumable(study, s)
+        s, storage, study, data = prepare(args)
     except (ValueError, DataError, StorageError, OSError) as e:  # SpaceError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    begin(study, storage, s, given_portfolio=args.portfolio is not None)
+    rung, proxy_s = pending_rung(study, s), 0.0
+    if rung is None:  # the rule: an unfinished rung is finished first, alone
+        rung, t0 = s.rung(), time.time()
+        failed, ran = run_proxy_phase(s, args, data) if args.trials else (None, 0)
+        if failed is not None:
+            return failed
+        proxy_s = time.time() - t0
+        if args.trials:
+            print(f"\n{ran} trials in {proxy_s:.0f} s (this command's; other processes on the study count their own)")
+        if rung.k:
+            study.set_user_attr(PENDING_ATTR, dataclasses.asdict(rung))  # the proxy phase is over: the rung is due
+    rung_s = second_rung(s, rung) if rung.k else 0.0
+    if rung_s is None:
+        return 130
+    study = open_study(s)
+    text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
+        f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")
+    save_dashboard_note(study, s, text)
+    print(text)
+    return 0
+
+
+def prepare(args: argparse.Namespace) -> tuple[Settings, optuna.storages.BaseStorage, optuna.Study,
+                                                  tuple[Split, Split]]:
+    """Every check that can refuse the command, in one line and before anything is written: the flags, the
+    settings (a resumed study's own where a flag is left out), the data, the storage and the study."""
+    validate(args)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat) if storage_exists(args.storage) else None
+    s = settings_from_args(args, recorded_attrs(storage, study_name(args)))
+    if not args.trials and not s.rung_k:
+        raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
+                         "device's default: 0 on CUDA): give --rung K")
+    s.fixed = fixed_params(args, storage)
+    data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
+    storage = storage or open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
+    if not args.trials:  # only the rung: on a study that has trials, nothing created
+        require_study(storage, s.study)
+        if not optuna.load_study(study_name=s.study, storage=storage).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            raise ValueError(f"--trials 0 runs only the second rung, on the study's trials, and study "
+                             f"{s.study!r} has no complete trial yet")
+    study = open_study(s, storage)
+    check_resumable(study, s)
+    return s, storage, study, data
+
+
+def begin(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings, given_portfolio: bool) -> None:
+    """Before any trial: dead workers' trials failed (a journal file has no heartbeat), the settings recorded, the
+    portfolio entered, and a line saying what runs."""
     finished = n_finished(study)
-    if not isinstance(storage, optuna.storages.RDBStorage):  # an RDB has heartbeats; a journal file has none
+    if not isinstance(storage, optuna.storages.RDBStorage):
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
     record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
-    dropped = enter_portfolio(study, storage, s, given=args.portfolio is not None)
+    dropped = enter_portfolio(study, storage, s, given=given_portfolio)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
           f"device {s.device}; "
@@ -562,33 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     if dropped:
         print(f"search: another process enqueued the portfolio at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
-    rung = pending_rung(study, s)
-    if rung is not None:  # the rule: an unfinished rung is finished first, alone
-        proxy_s = 0.0
-    else:
-        rung, t0 = s.rung(), time.time()
-        failed, ran = run_proxy_phase(s, args, data) if args.trials else (None, 0)
-        if failed is not None:
-            return failed
-        proxy_s = time.time() - t0
-        print(f"\n{ran} trials in {proxy_s:.0f} s (this command's; other processes on the study count their own)")
-        if rung.k:
-            study.set_user_attr(PENDING_ATTR, dataclasses.asdict(rung))  # the proxy phase is over: the rung is due
-    if rung.k:
-        print(f"rung 2: the top {rung.k} complete trials at {rung.describe()}", flush=True)
-        try:
-            rung_s = run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device),
-                              s.final_schedule)
-        except KeyboardInterrupt:
-            print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
-                  "the rung (and adds no proxy trials)", file=sys.stderr)
-            return 130
-    study = open_study(s)
-    text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
-        f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")
-    save_dashboard_note(study, s, text)
-    print(text)
-    return 0
+
+
+def second_rung(s: Settings, rung: RungSetting) -> float | None:
+    """The second rung's runs (search.rung); the seconds they trained, None when interrupted (said)."""
+    print(f"rung 2: the top {rung.k} complete trials at {rung.describe()}", flush=True)
+    try:
+        return run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device),
+                        s.final_schedule)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
+              "the rung (and adds no proxy trials)", file=sys.stderr)
+        return None
 
 
 def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
@@ -608,29 +384,6 @@ def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:
     return rung
 
 
-def record_settings(study: optuna.Study, s: Settings) -> None:
-    """What the study was searched under, as study user attrs (train.final and analysis read them). A study that
-    recorded a `final_minutes` keeps it unless `--final-minutes` was given (`s.final_minutes_given`): a new default
-    does not change an earlier study's pick; a given value that changes it is said. Likewise a study whose last rung
-    finished keeps that rung's `over_limit` unless `--over-limit-recipe` was given, so its next rung keeps the id."""
-    if MINUTES_ATTR in study.user_attrs and not s.final_minutes_given:
-        s.final_minutes = study.user_attrs[MINUTES_ATTR]
-    elif study.user_attrs.get(MINUTES_ATTR, s.final_minutes) != s.final_minutes:
-        said = lambda m: "inf" if m is None else f"{m:g}"
-        print(f"note: --final-minutes {said(s.final_minutes)} replaces the study's "
-              f"{said(study.user_attrs[MINUTES_ATTR])}: train.final --study best chooses under the new limit",
-              flush=True)
-    study.set_user_attr("data", str(s.data.resolve()))  # train.final and analysis.fidelity default to it
-    study.set_user_attr("proxy", {"size": s.proxy_size, "epochs": s.proxy_epochs, "subset": s.subset,
-                                  "signal": s.signal, "device": s.device, "flops_cap": s.flops_cap, "seed": s.seed,
-                                  "sampler": s.sampler, "pruner": s.pruner})
-    study.set_user_attr("fixed", s.fixed)
-    study.set_user_attr(MINUTES_ATTR, s.final_minutes)
-    last = study.user_attrs.get(SETTING_ATTR)
-    if last and not s.over_limit_given:  # its next rung keeps the rule (and the id) its last one had
-        s.over_limit = RungSetting(**last).over_limit
-
-
 def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Split]) -> tuple[int | None, int]:
     """The proxy trials, in this process or `--workers` processes: (an exit status when they could not finish,
     else None; the number of trials this command ran). SIGTERM (timeout, a batch scheduler) ends the workers too:
@@ -641,6 +394,8 @@ def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Sp
     procs: list = []
 
     def terminate(signum, frame):
+        if args.workers == 1:  # the trial trains in this process
+            raise Terminated(signum)
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -656,18 +411,27 @@ def run_proxy_phase(s: Settings, args: argparse.Namespace, data: tuple[Split, Sp
             return None, ran()
         del data  # each worker process loads its own copy
         threads = max(1, (os.cpu_count() or 1) // args.workers)
-        procs += [ctx.Process(target=run_worker, args=(s, budget, args.timeout, threads, None, args.workers))
+        procs += [ctx.Process(target=worker_process, args=(s, budget, args.timeout, threads, None, args.workers))
                   for _ in range(args.workers)]
         for proc in procs:
             proc.start()
         for proc in procs:
             proc.join()
+    except Terminated as e:
+        print(f"\nterminated (signal {e.signum}): the running trial is failed and enqueued again; finished trials are "
+              f"saved, re-run the same command to continue", file=sys.stderr, flush=True)
+        return 128 + e.signum, ran()
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; re-run the same command to continue", file=sys.stderr)
         return 130, ran()
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, ran()
     finally:
         signal.signal(signal.SIGTERM, previous)
     crashed = [proc.exitcode for proc in procs if proc.exitcode]
+    if crashed and set(crashed) == {2}:
+        return 2, ran()  # each said why in one line
     if crashed:
         print(f"error: {len(crashed)} of {args.workers} workers ended with an exception (traceback above); "
               f"finished trials are saved", file=sys.stderr)

@@ -40,8 +40,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -95,6 +97,16 @@ def reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if "portfolio" in t.user_attrs]
     return max(done, key=lambda t: t.value, default=None)
+
+
+def reference_number(study: optuna.Study, records: dict[int, dict]) -> int | None:
+    """The one reference of a rung setting's `records`: the portfolio entry with the best proxy F now when its run
+    is recorded (a resume can make another entry the reference: an earlier run's flag is then history), else the
+    last run recorded as the reference; None when there is none."""
+    ref = reference(study)
+    if ref is not None and ref.number in records:
+        return ref.number
+    return max((n for n, r in records.items() if r.get("reference")), default=None)
 
 
 def searched(trial: optuna.trial.FrozenTrial) -> bool:
@@ -228,8 +240,11 @@ def unfinished_note(study: optuna.Study) -> str | None:
     runs = (f"{len(todo)} runs to go: {', '.join(f'#{n}' for n in todo)}" if todo else
             "the recipe stage's run is still to be chosen and trained")
     head = f"the second rung at {setting.describe()} is unfinished ({runs}; run the search command again to finish it)"
-    if last and RungSetting(**last) != setting:
-        return f"{head}; choosing by the last finished rung, at {RungSetting(**last).describe()}"
+    if last and RungSetting(**last).id != setting.id:  # another fidelity: its records are its own
+        before = RungSetting(**last).describe()
+        if before == setting.describe():  # they differ in what describe() leaves out (the seed)
+            before += f" (seed {last['seed']})"
+        return f"{head}; choosing by the last finished rung, at {before}"
     return f"{head}; choosing among the {len(rung_records(study, setting))} runs it finished"
 
 
@@ -258,6 +273,14 @@ def name_of(trial: optuna.trial.FrozenTrial) -> str:
     return f"#{trial.number} ({entry})" if entry else f"#{trial.number} (searched)"
 
 
+def over_text(minutes: float, limit: float | None) -> str:
+    """`minutes` rounded only as far as it still reads over `limit` (never "40 min > --final-minutes 40")."""
+    for digits in range(4):
+        if limit is None or round(minutes, digits) > limit:
+            return f"{minutes:.{digits}f}"
+    return f"{minutes:g}"
+
+
 def proxy_text(value: float | None) -> str:
     """A rung record's proxy F ("-" for a recipe stage trial, which has none)."""
     return "-" if value is None else f"{value:.4f}"
@@ -273,15 +296,14 @@ def verdict(study: optuna.Study) -> str | None:
     kept = within_minutes(study, records)
     none_within = (f" (no pick is predicted within --final-minutes {limit:g}: all were compared)"
                    if limit is not None and all(r.get("final_minutes", 0.0) > limit for r in records.values()) else "")
-    refs = [n for n, r in records.items() if r.get("reference")]
-    if not refs:
+    ref = reference_number(study, records)
+    if ref is None:
         return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); no portfolio entry at the rung"
                 + none_within)
-    ref = refs[0]
     if ref not in kept:
         return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); the reference "
                 f"{name_of(study.trials[ref])} ({records[ref]['f']:.4f}) was left out: predicted "
-                f"{records[ref].get('final_minutes', 0.0):.0f} min > --final-minutes {limit:g}")
+                f"{over_text(records[ref].get('final_minutes', 0.0), limit)} min > --final-minutes {limit:g}")
     if ref == trial.number:
         rivals = [n for n in kept if "portfolio" not in study.trials[n].user_attrs]
         best = max(rivals, key=lambda n: records[n]["f"], default=None)
@@ -289,7 +311,8 @@ def verdict(study: optuna.Study) -> str | None:
                   f"{name_of(study.trials[best])} ({records[best]['f']:.4f})" if best is not None else "")
         out = sorted((n for n in records if n not in kept), key=lambda n: -records[n]["f"])
         left_out = (f"; left out, predicted over --final-minutes {limit:g}: " + ", ".join(
-            f"{name_of(study.trials[n])} ({records[n]['f']:.4f}, {records[n].get('final_minutes', 0.0):.0f} min)"
+            f"{name_of(study.trials[n])} ({records[n]['f']:.4f}, "
+            f"{over_text(records[n].get('final_minutes', 0.0), limit)} min)"
             for n in out) if out else "")
         return (f"the reference {name_of(trial)} won the rung (rung-2 F {record['f']:.4f}){beaten}{left_out}"
                 f"{none_within}")
@@ -342,7 +365,10 @@ class Claims:
 
     @staticmethod
     def dead(t: optuna.trial.FrozenTrial) -> bool:
-        """Whether an unfinished claim's process is gone (this host) or has not beaten for CLAIM_STALE_S."""
+        """Whether an unfinished claim's process is gone: on this host, by whether it runs (a live process whose
+        beat is late still holds its claim); on another host, by a beat older than CLAIM_STALE_S."""
+        if t.user_attrs.get("worker", "").rpartition(":")[0] == socket.gethostname():
+            return gone(t)
         beat = t.user_attrs.get("beat")
         if beat is None and t.datetime_start is not None:
             beat = t.datetime_start.timestamp()
@@ -357,8 +383,11 @@ class Claims:
             while not stop.wait(CLAIM_BEAT_S):
                 try:
                     self.storage.set_trial_user_attr(claim, "beat", time.time())
-                except (optuna.exceptions.UpdateFinishedTrialError, OSError):
+                except optuna.exceptions.UpdateFinishedTrialError:  # released: nothing left to keep alive
                     return
+                except Exception as e:  # a storage hiccup (lock, connection): beat again next time, never stop
+                    warnings.warn(f"rung claim {claim}: beat not written ({type(e).__name__}: {e}); trying again",
+                                  stacklevel=1)
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()
         try:
@@ -445,14 +474,22 @@ REFERENCE_WAIT_S = 15  # how often a process waiting for another's reference run
 
 
 def reference_record(study: optuna.Study, setting: RungSetting, claims: Claims, ref: optuna.trial.FrozenTrial,
-                     say: Callable[[str], None]) -> dict | None:
-    """The reference's rung record at `setting`, waiting while another live process trains it; None when it failed
-    or nobody trains it."""
+                     say: Callable[[str], None], take_over: Callable[[], object] | None = None) -> dict | None:
+    """The reference's rung record at `setting`, waiting while another live process trains it; when its run is not
+    done and nobody live holds it (its process died), `take_over()` trains it here first; None when it failed."""
     key, said = f"{RUNG_ATTR}:{ref.number}:{setting.id}", False
     while True:
         record = rung_records(study, setting).get(ref.number)
-        if record is not None or ref.number in finished(study, setting) or not claims.held([key]):
+        if record is not None or ref.number in finished(study, setting):
             return record
+        if not claims.held([key]):
+            if take_over is None:
+                return None
+            say(f"rung 2: the reference #{ref.number}'s run is not done and no live process trains it: trained here "
+                f"first")
+            take_over()
+            take_over = None
+            continue
         if not said:
             say(f"rung 2: waiting for the reference #{ref.number}'s run (trained by another process): the picks' "
                 f"predicted minutes are read from it")
@@ -484,7 +521,13 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
         if claim is None:
             continue
         if redirect and searched(trial) and recipe_params(trial.params) != recipe_params(ref.params):
-            stage = _redirect(study, setting, claims, claim, trial, ref, limit, final_schedule, say)
+            def train_reference() -> None:  # its process died: trained here, as one process would have
+                nonlocal spent
+                ref_claim = _take(claims, ref, setting, say)
+                if ref_claim is not None:
+                    spent += _train_one(study, setting, claims, ref_claim, ref, splits, device, final_schedule, say,
+                                        is_ref=True)
+            stage = _redirect(study, setting, claims, claim, trial, ref, limit, final_schedule, say, train_reference)
             if stage is not None:  # its claim released: the pairing's run trains instead
                 if stage.number in finished(study, setting):
                     continue
@@ -506,40 +549,42 @@ def _take(claims: Claims, trial: optuna.trial.FrozenTrial, setting: RungSetting,
 
 
 def _redirect(study: optuna.Study, setting: RungSetting, claims: Claims, claim: int, trial: optuna.trial.FrozenTrial,
-              ref: optuna.trial.FrozenTrial, limit: float, final_schedule: str, say: Callable[[str], None]
-              ) -> optuna.trial.FrozenTrial | None:
+              ref: optuna.trial.FrozenTrial, limit: float, final_schedule: str, say: Callable[[str], None],
+              train_reference: Callable[[], object] | None = None) -> optuna.trial.FrozenTrial | None:
     """When `trial`'s final is foretold over `limit` from its proxy speed: its network's pairing with the reference's
     recipe (added to the study), its record `redirected` and its claim released; else None, the claim kept."""
     try:
         with claims.beating(claim):  # a wait may be long: the claim stays live
-            ref_record = reference_record(study, setting, claims, ref, say)
+            ref_record = reference_record(study, setting, claims, ref, say, train_reference)
         minutes = proxy_minutes(trial, ref, ref_record) if ref_record else None
         if minutes is None or minutes <= limit:
             return None
         pairing = pairing_of(trial, ref)
         stage = add_stage_trial(study, setting, pairing)  # first: a kill before the record loses nothing
         study.set_user_attr(f"{RUNG_ATTR}:{trial.number}:{setting.id}", {
-            "redirected": {"predicted_minutes": round(minutes, 1), "network_at": pairing[STAGE_ATTR]},
+            "redirected": {"predicted_minutes": minutes, "network_at": pairing[STAGE_ATTR]},  # unrounded: finished()
+            # compares this very figure with the limit
             "proxy_f": trial.value, **dataclasses.asdict(setting), "reference": False,
             "final_schedule": final_schedule})
     except BaseException:
         claims.release(claim, TrialState.FAIL)
         raise
     claims.release(claim, TrialState.FAIL)  # no run of its own was done: a raised limit can train it later
-    say(f"rung 2: trial {name_of(trial)}: its final predicted at {minutes:.0f} min from its proxy speed "
-        f"> --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
+    say(f"rung 2: trial {name_of(trial)}: its final predicted at {over_text(minutes, limit)} min from its proxy "
+        f"speed > --final-minutes {limit:g}: its network at the reference's recipe instead, trial {stage.number}")
     return stage
 
 
 def redirect_notes(study: optuna.Study, setting: RungSetting | None = None) -> list[str]:
     """One line per pick the rung redirected to the reference's recipe (the summary's and the report's)."""
-    stages = stage_trials(study)
+    stages, limit = stage_trials(study), study.user_attrs.get(MINUTES_ATTR)
     notes = []
     for n, r in sorted(redirected(study, setting).items()):
         pair = r["redirected"]["network_at"]
         stage = stages.get((pair["network_of"], pair["recipe_of"]))
         notes.append(f"{name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])}, its final foretold at "
-                     f"{r['redirected']['predicted_minutes']:.0f} min from its proxy speed: not trained at its own "
+                     f"{over_text(r['redirected']['predicted_minutes'], limit)} min from its proxy speed: not trained "
+                     f"at its own "
                      f"recipe; its network at the reference's is " + (f"#{stage.number}" if stage else
                                                                         "still to be trained"))
     return notes

@@ -51,6 +51,14 @@ def open_storage(spec: str, *, heartbeat: float | None = HEARTBEAT_S,
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def storage_exists(spec: str) -> bool:
+    """Whether `spec` names a storage that already exists (an RDB server is taken to: opening it creates no file),
+    so that reading it creates nothing."""
+    if "://" in spec:
+        return not is_sqlite(spec) or Path(spec.split(":///", 1)[-1]).is_file()
+    return Path(spec).is_file()
+
+
 CLAIMS_SUFFIX = ".rung2-claims"  # a study's side study of second-rung claims (search.rung.Claims): not a search
 
 

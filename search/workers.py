@@ -83,12 +83,18 @@ def fail_dead_trials(study: optuna.Study) -> list[str]:
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry = copy.deepcopy(t)
-        retry.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("worker", "worker_started")}
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, retry)
+        retry_once(study, t)
         notes.append(f"trial {t.number}: its worker {worker} is gone; marked FAIL and enqueued again (retried at "
                      f"most {MAX_RETRY} time)")
     return notes
+
+
+def retry_once(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Enqueue a failed trial once more with its own params (at most MAX_RETRY times in all), as the RDB heartbeat's
+    callback does; the retry names it (system attr `failed_trial`) and does not inherit its worker."""
+    retry = copy.deepcopy(t)
+    retry.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("worker", "worker_started")}
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, retry)
 
 
 def take_trial(budget) -> bool:

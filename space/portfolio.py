@@ -20,7 +20,7 @@ from pathlib import Path
 from space.presets import PRESETS
 from space.sample import SpaceError, check_params, replay_params
 
-# Recipe R85 (docs/results.md, issue 12): the dw_unet preset's recipe with trial #85's five changes
+# Recipe R85 (docs/results-archive.md, the 128-px tier): the dw_unet preset's recipe with trial #85's five changes
 R85 = dict(loss_focal=0.0, loss_dice=1.0, loss_lovasz=0.0, loss_boundary=0.0, class_weight_power=0.25,
            label_smoothing=0.0, optimizer="adamw", lr_adamw=0.009106449283846203, weight_decay=0.0015032023117292972,
            warmup_frac=0.05, batch_size=8, rfs_threshold=0.0)
@@ -46,15 +46,16 @@ class Entry:
 
 PORTFOLIO: tuple[Entry, ...] = (
     Entry("arch-tpe#28@R85", {**_T28, **R85}, 0.8187,
-          "docs/results.md, 'Searched vs hand design at the new CPU default (issue 22, item 1)': arch-tpe #28, "
+          "docs/results.md, 'Searched vs hand design at the CPU default final': arch-tpe #28, "
           "two-seed mean (0.8173 / 0.8201)"),
     Entry("dw_unet@R85", {**PRESETS["dw_unet"], **R85}, 0.8145,
-          "docs/results.md, 'The CPU final's resolution schedule (issue 20)': 128:24,256:12, two-seed mean "
+          "docs/results.md, 'The CPU final's resolution schedule': 128:24,256:12, two-seed mean "
           "(0.8159 / 0.8131)", preset="dw_unet"),
     Entry("deeplab_lite@R85", {**PRESETS["deeplab_lite"], **R85}, 0.8009,
-          "docs/results.md, 'Proxy fidelity against the new CPU final (issue 21)': #0, seed 0", preset="deeplab_lite"),
+          "docs/results.md, 'Proxy fidelity against the CPU final, and the second rung': #0, seed 0",
+          preset="deeplab_lite"),
     Entry("bisenet_style@R85", {**PRESETS["bisenet_style"], **R85}, 0.7891,
-          "docs/results.md, 'Proxy fidelity against the new CPU final (issue 21)': #1, seed 0",
+          "docs/results.md, 'Proxy fidelity against the CPU final, and the second rung': #1, seed 0",
           preset="bisenet_style"),
 )
 

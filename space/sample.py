@@ -278,7 +278,14 @@ class InCapSampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.last_redrawn = 0
-        self._proposal = {} if "fixed_params" in trial.system_attrs else self.propose(study, trial.number)
+        try:
+            # an enqueued trial (the portfolio) or a retry of a killed one (its params kept) replays its own params
+            own = "fixed_params" in trial.system_attrs or trial.params
+            self._proposal = {} if own else self.propose(study, trial.number)
+        except SpaceError as e:  # raised inside study.ask(): the trial it created would stay RUNNING for ever
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", str(e)[:500])
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            raise
 
     def propose(self, study: optuna.Study, number: int) -> dict:
         """The params of trial `number`: the first draw of its seeded sampler whose network is within the cap."""

@@ -347,7 +347,7 @@ def test_compare_scores_a_run_without_per_class_figures_as_prediction_and_the_me
     assert res.returncode == 0, res.stderr[-2000:]
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in res.stdout.splitlines()[2:]}
     pred = run_cli("train.predict", "--weights", str(old / "ckpt.pth"), "--input", str(tiny_data / "val" / "images"),
-                   "--output", str(tmp_path / "pred"), "--no-flip-tta", "--device", "cpu")
+                   "--out", str(tmp_path / "pred"), "--no-flip-tta", "--device", "cpu")
     assert pred.returncode == 0, pred.stderr[-2000:]
     scorer = score_folders(tiny_data / "val" / "masks", tmp_path / "pred")
     assert rows["**val F**"][2] == f"{scorer.f_measure:.4f}"

@@ -62,7 +62,7 @@ def test_report_pdf_is_rebuilt_from_the_folder_and_refuses_without_a_font(final_
 def test_export_agrees_with_pytorch_and_reports_latency(final_run, tiny_data, tmp_path):
     onnx_path = tmp_path / "model.onnx"
     res = run_cli("train.export", "--weights", str(final_run / "ckpt.pth"), "--out", str(onnx_path), "--data",
-                  str(tiny_data), "--runs", "2", "--threads", "1")
+                  str(tiny_data), "--repeats", "2", "--threads", "1")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     share = float(res.stdout.split("agreement with PyTorch: ")[1].split("%")[0])
     assert share >= 99.9 and "input 1x3x32x32" in res.stdout
@@ -100,7 +100,7 @@ def test_dynamic_export_is_checked_at_other_sizes_and_refused_when_they_differ(f
     import train.export as export
 
     onnx_path = tmp_path / "dynamic.onnx"
-    base = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--dynamic", "--runs", "1",
+    base = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--dynamic", "--repeats", "1",
             "--threads", "1"]
     assert export.main([*base, "--out", str(onnx_path)]) == 0
     assert "input 1x3xHxW (dynamic)" in capsys.readouterr().out and onnx_path.exists()
@@ -143,7 +143,7 @@ def test_export_input_errors_are_one_line_with_exit_2(final_run, tiny_data, tmp_
     """What a user gets wrong exits 2 with a line naming it (exit 1 is kept for "disagrees with PyTorch")."""
     import train.export as export
 
-    weights = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--threads", "1", "--runs", "1"]
+    weights = ["--weights", str(final_run / "ckpt.pth"), "--data", str(tiny_data), "--threads", "1", "--repeats", "1"]
     fixed = tmp_path / "m.onnx"
     assert export.main([*weights, "--out", str(fixed)]) == 0  # fixed at the checkpoint's prediction size
     capsys.readouterr()
@@ -157,8 +157,8 @@ def test_export_input_errors_are_one_line_with_exit_2(final_run, tiny_data, tmp_
         ([*weights, "--check", str(junk)], f"--check {junk}: not an ONNX model onnxruntime can load"),
         ([*weights, "--images", "0"], "--images must be >= 1, got 0"),
         ([*weights, "--out", str(tmp_path / "missing" / "m.onnx")], f"folder {tmp_path / 'missing'} does not exist"),
-        ([*weights, "--check", str(fixed), "--size", str(size + 32)],
-         f"--size {size + 32}: {fixed} takes a fixed {size}x{size} px input"),
+        ([*weights, "--check", str(fixed), "--input-size", str(size + 32)],
+         f"--input-size {size + 32}: {fixed} takes a fixed {size}x{size} px input"),
         ([*weights, "--out", str(tmp_path / "folder")], f"--out {tmp_path / 'folder'}: is a folder; give the ONNX"),
         (["--weights", str(malformed), "--out", str(tmp_path / "x.onnx")], f"{malformed}: its config does not"),
     ]:
@@ -200,3 +200,42 @@ def test_report_pdf_names_the_studys_own_sampler_and_pruner_and_rounds_the_proxy
     (out / "final.json").write_text(json.dumps(record))
     report_pdf.write_pdf(out)
     assert "sampler and pruner not recorded" in " ".join(_body(out / "report.pdf")[3].split())
+
+
+def _with_sizes(final_run: Path, folder: Path, sizes: list[int]) -> Path:
+    ckpt = torch.load(final_run / "ckpt.pth", weights_only=False)
+    ckpt["predict_sizes"] = sizes
+    torch.save(ckpt, folder / "ckpt.pth")
+    return folder / "ckpt.pth"
+
+
+def test_onnx_json_describes_only_sizes_the_graph_takes(final_run, tiny_data, tmp_path, capsys):
+    """Issue 37 item 8: a fixed 64-px graph of a checkpoint predicting at 32 px said "resize to each size (32), run
+    the graph", which that graph cannot take; a checkpoint averaging two sizes got a fixed graph of the first."""
+    import train.export as export
+
+    weights = _with_sizes(final_run, tmp_path, [32])
+    common = ["--data", str(tiny_data), "--threads", "1", "--repeats", "1"]
+    fixed = tmp_path / "fixed64.onnx"
+    assert export.main(["--weights", str(weights), "--out", str(fixed), "--input-size", "64", *common]) == 0
+    setting = json.loads(fixed.with_name("fixed64.onnx.json").read_text())
+    assert setting["graph_size"] == 64 and setting["predict_sizes"] == [64] and export.onnx_size(fixed) == 64
+    assert "resize the image to 64x64" in setting["how"] and "predicts at 32 px" in setting["note"]
+    two = _with_sizes(final_run, tmp_path, [32, 40])
+    both = tmp_path / "both.onnx"
+    assert export.main(["--weights", str(two), "--out", str(both), *common]) == 0
+    assert "input 1x3xHxW (dynamic)" in capsys.readouterr().out and export.onnx_size(both) is None
+    setting = json.loads(both.with_name("both.onnx.json").read_text())
+    assert setting["graph_size"] == "dynamic" and setting["predict_sizes"] == [32, 40] and "note" not in setting
+
+
+def test_export_moves_nothing_into_place_before_the_agreement_check(final_run, tiny_data, tmp_path, monkeypatch,
+                                                                    capsys):
+    import train.export as export
+
+    monkeypatch.setattr(export, "agreement", lambda *args: 0.5)  # a graph that computes something else
+    target = tmp_path / "model.onnx"
+    assert export.main(["--weights", str(final_run / "ckpt.pth"), "--out", str(target), "--data", str(tiny_data),
+                        "--threads", "1", "--repeats", "1"]) == 1
+    assert "only 50.0000% of pixels agree" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no model.onnx, no .tmp, no .json

@@ -96,7 +96,7 @@ def test_upload_shows_the_overlay_and_the_label_map_equals_train_predict(demo, t
     assert "background" in page.locator("#legend").inner_text() and "18 cloth" in page.locator("#legend").inner_text()
     href = page.locator("#download0 a").first.get_attribute("href")
     served = np.asarray(Image.open(urllib.request.urlopen(href)))
-    res = run_cli("train.predict", "--weights", str(demo["ckpt"]), "--input", str(image), "--output",
+    res = run_cli("train.predict", "--weights", str(demo["ckpt"]), "--input", str(image), "--out",
                   str(tmp_path / "pred"), "--device", "cpu")
     assert res.returncode == 0, res.stderr
     expected = np.asarray(Image.open(tmp_path / "pred" / f"{image.stem}.png"))

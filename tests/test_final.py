@@ -100,7 +100,7 @@ def test_predict_cli_writes_masks_and_overlays(searched, tiny_data, tmp_path):
                   "--out", str(out), "--device", "cpu", cwd=work)
     assert res.returncode == 0, res.stderr[-2000:]
     pred = run_cli("train.predict", "--weights", str(out / "ckpt.pth"), "--input", str(tiny_data / "test" / "images"),
-                   "--output", str(tmp_path / "p"), "--overlay", "--flip-tta")
+                   "--out", str(tmp_path / "p"), "--overlay", "--flip-tta")
     assert pred.returncode == 0, pred.stderr[-2000:]
     assert len(list((tmp_path / "p").glob("*_overlay.jpg"))) == 4
     mask = np.asarray(Image.open(next((tmp_path / "p").glob("test_*[0-9].png"))))
@@ -298,7 +298,7 @@ def test_checkpoints_that_hold_code_or_are_not_ours_are_refused_in_one_line(tmp_
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     for name, message in [("code.pth", "refused: it holds Python objects beyond tensors and plain data"),
                           ("text.pth", "not a PyTorch checkpoint"), ("list.pth", "not a facenas checkpoint")]:
-        res = run_cli("train.predict", "--weights", str(tmp_path / name), "--input", str(img), "--output",
+        res = run_cli("train.predict", "--weights", str(tmp_path / name), "--input", str(img), "--out",
                       str(tmp_path / "o"), "--device", "cpu", cwd=tmp_path)
         assert res.returncode == 2 and message in res.stderr, (name, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and "weights_only" not in res.stderr

@@ -92,7 +92,7 @@ def test_predict_and_the_shipped_run_py_honour_the_checkpoints_setting(tiny_data
     assert any(not np.array_equal(expected[p.stem], predict_mask(model, load_rgb(p), other, CPU, flip_tta=True))
                for p in images)  # the setting matters for these images: a predictor that ignores it is caught
     pred = run_cli("train.predict", "--weights", str(ckpt), "--input", str(images[0].parent),
-                   "--output", str(tmp_path / "p"), "--device", "cpu")
+                   "--out", str(tmp_path / "p"), "--device", "cpu")
     assert pred.returncode == 0, pred.stderr[-2000:]
     solution = write_solution(tmp_path / "solution", ckpt)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -112,13 +112,18 @@ def test_export_builds_the_graph_at_the_setting_and_writes_it_beside(tiny_data, 
     ckpt = tmp_path / "ckpt.pth"
     _checkpoint(ckpt, (40,))
     res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--data",
-                  str(tiny_data), "--images", "2", "--runs", "1")
+                  str(tiny_data), "--images", "2", "--repeats", "1")
     assert res.returncode == 0, res.stderr[-2000:]
     assert onnx_size(tmp_path / "m.onnx") == 40 and "predicts at 40 px" in res.stdout
     assert json.loads((tmp_path / "m.onnx.json").read_text())["predict_sizes"] == [40]
-    _checkpoint(ckpt, (32, 40))
+    _checkpoint(ckpt, (32, 40))  # two sizes: one dynamic graph takes both
     res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "two.onnx"), "--data",
-                  str(tiny_data), "--images", "2", "--runs", "1")
+                  str(tiny_data), "--images", "2", "--repeats", "1")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert onnx_size(tmp_path / "two.onnx") == 32 and "averages 32 + 40 px" in res.stdout
+    assert onnx_size(tmp_path / "two.onnx") is None and "predicts at 32 + 40 px" in res.stdout
     assert json.loads((tmp_path / "two.onnx.json").read_text())["predict_sizes"] == [32, 40]
+    res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "one.onnx"), "--data",
+                  str(tiny_data), "--images", "2", "--repeats", "1", "--input-size", "32")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert onnx_size(tmp_path / "one.onnx") == 32 and "this graph takes 32 px only" in res.stdout
+    assert json.loads((tmp_path / "one.onnx.json").read_text())["predict_sizes"] == [32]

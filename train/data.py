@@ -7,7 +7,6 @@ size when one is given, never per epoch.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from train.classes import CLASS_NAMES, NUM_CLASSES
+from train.cli import parser as cli_parser
 from train.imageops import resize_image
 from train.synthetic import ensure_default
 
@@ -246,7 +246,7 @@ def check(root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.split("\n")[0])
+    parser = cli_parser("python -m train.data", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="validate a dataset folder and print a summary")
     p_check.add_argument("root", type=Path, help="dataset root holding train/, val/ and optionally test/")

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from space.config import BUDGET
 from train.classes import CLASS_NAMES, PALETTE, colorize
+from train.cli import parser
 from train.data import resolve_data
 from train.imageops import describe_sizes
 from train.infer import IMAGE_SUFFIXES, load_checkpoint, pick_device, predict_mask, save_mask
@@ -169,15 +170,16 @@ def build(models: list[Loaded], device: torch.device, data: Path):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", type=Path, required=True, help="exported checkpoint (ckpt.pth from train.final)")
-    p.add_argument("--compare", type=Path, default=None, help="a second checkpoint, shown side by side")
-    p.add_argument("--port", type=int, default=7860, help="port on --host")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (only this machine by default)")
-    p.add_argument("--data", type=Path, default=None,
+    p = parser("python -m train.demo", __doc__, epilog="Details: docs/deliverables.md.")
+    g = p.add_argument_group("models")
+    g.add_argument("--weights", type=Path, required=True, help="exported checkpoint (ckpt.pth from train.final)")
+    g.add_argument("--compare", type=Path, default=None, help="a second checkpoint, shown side by side")
+    g.add_argument("--data", type=Path, default=None,
                    help="where the examples come from: its val or test images (default as in search.run)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g = p.add_argument_group("server")
+    g.add_argument("--port", type=int, default=7860, help="port on --host")
+    g.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     return p.parse_args(argv)
 
 

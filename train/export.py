@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train.cli import parser, renamed
 from train.data import DataError, list_split, resolve_data
 from train.imageops import describe_sizes, resize_image
 from train.infer import MEAN, STD, load_checkpoint, load_rgb, pick_device, safe_load, to_tensor
@@ -127,40 +128,51 @@ def check_dynamic(model: torch.nn.Module, onnx_path: Path, images: list[np.ndarr
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", type=Path, required=True, help="an exported checkpoint (train.final's ckpt.pth)")
-    p.add_argument("--out", type=Path, default=None, help="the ONNX file to write (default: beside the checkpoint, "
-                                                          "model.onnx)")
-    p.add_argument("--size", type=int, default=None,
-                   help="input height and width (default: the checkpoint's prediction size, chosen on val by "
-                        "train.final; with a two-size setting, the first; MODEL.onnx.json beside it says how)")
-    p.add_argument("--dynamic", action="store_true",
-                   help="variable input height and width, accepted only if the network agrees with PyTorch at other "
-                        "sizes too")
-    p.add_argument("--check", type=Path, default=None, metavar="MODEL.onnx",
-                   help="do not export: compare this ONNX file with the checkpoint (exit 1 below 99.9 %% agreement)")
-    p.add_argument("--data", type=Path, default=None,
+    p = parser("python -m train.export", __doc__, epilog="Details: docs/deliverables.md.")
+    g = p.add_argument_group("export")
+    g.add_argument("--weights", type=Path, required=True, help="an exported checkpoint (train.final's ckpt.pth)")
+    g.add_argument("--out", type=Path, default=None, help="the ONNX file to write (default: model.onnx beside the "
+                                                          "checkpoint)")
+    g.add_argument("--input-size", type=int, default=None, metavar="PX",
+                   help="a fixed input height and width (default: the checkpoint's prediction size; a dynamic graph "
+                        "when it predicts at several sizes)")
+    renamed(g, "--size", "--input-size", "input_size", type=int)
+    g.add_argument("--dynamic", action="store_true",
+                   help="variable input height and width, accepted only if it agrees with PyTorch at other sizes")
+    g = p.add_argument_group("check and timing")
+    g.add_argument("--check", type=Path, default=None, metavar="MODEL.onnx",
+                   help="do not export: compare this ONNX file with the checkpoint (exit 1 below 99.9%% agreement)")
+    g.add_argument("--data", type=Path, default=None,
                    help="data folder whose first val images are compared (default data/celebamask-mini, else "
                         "generated faces)")
-    p.add_argument("--images", type=int, default=4, help="how many images to compare")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+    g.add_argument("--images", type=int, default=4, help="how many images to compare")
+    g.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="threads for PyTorch and onnxruntime in the latency figures")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per runtime (the median is printed)")
+    g.add_argument("--repeats", type=int, default=10, metavar="N",
+                   help="timed runs per runtime (the median is printed)")
+    renamed(g, "--runs", "--repeats", "repeats", type=int)
     return p.parse_args(argv)
 
 
 def write_setting(target: Path, sizes: tuple[int, ...], graph_size: int | None) -> Path:
-    """MODEL.onnx.json beside the ONNX file: how to feed it so that it predicts as the checkpoint does."""
-    path = target.with_name(target.name + ".json")
-    path.write_text(json.dumps({
+    """MODEL.onnx.json beside the ONNX file: how to feed this graph so that it predicts as the checkpoint does, with
+    only sizes the graph takes (a fixed graph: its own size, and a note where the checkpoint predicts otherwise)."""
+    feed = sizes if graph_size is None else (graph_size,)
+    setting = {
         "input": f"image: 1x3xHxW float32, RGB / 255, minus {MEAN}, divided by {STD}",
         "graph_size": graph_size if graph_size is not None else "dynamic",
-        "predict_sizes": list(sizes),
-        "how": "resize the image to each size, run the graph, upsample the logits bilinearly to the image's size, "
-               "average them over the sizes, argmax (one size: no average)",
+        "predict_sizes": list(feed),
+        "how": ("resize the image to each size, run the graph, upsample the logits bilinearly to the image's size, "
+                "average them over the sizes, argmax" if len(feed) > 1 else
+                f"resize the image to {feed[0]}x{feed[0]}, run the graph, upsample the logits bilinearly to the "
+                f"image's size, argmax"),
         "flip_tta": "optional: also run the mirrored image, flip its logits back, swap channels 4<->5, 6<->7, 8<->9, "
-                    "average (+0.006 val F measured)"}, indent=1) + "\n")
+                    "average (+0.006 val F measured)"}
+    if tuple(feed) != tuple(sizes):
+        setting["note"] = (f"the checkpoint predicts at {describe_sizes(sizes)}; this graph takes {graph_size} px "
+                           f"only: export with --dynamic (or without --input-size) to predict as it does")
+    path = target.with_name(target.name + ".json")
+    path.write_text(json.dumps(setting, indent=1) + "\n")
     return path
 
 
@@ -173,11 +185,11 @@ def run(args: argparse.Namespace) -> int:
     for path, what in ((args.weights, "--weights"), (args.check, "--check")):
         if path is not None and not path.is_file():
             raise ExportError(f"{what} {path} does not exist")
-    for value, what in ((args.images, "--images"), (args.threads, "--threads"), (args.runs, "--runs")):
+    for value, what in ((args.images, "--images"), (args.threads, "--threads"), (args.repeats, "--repeats")):
         if value < 1:
             raise ExportError(f"{what} must be >= 1, got {value}")
-    if args.size is not None and not MIN_SIZE <= args.size <= MAX_SIZE:
-        raise ExportError(f"--size must be {MIN_SIZE}..{MAX_SIZE} px, got {args.size}")
+    if args.input_size is not None and not MIN_SIZE <= args.input_size <= MAX_SIZE:
+        raise ExportError(f"--input-size must be {MIN_SIZE}..{MAX_SIZE} px, got {args.input_size}")
     if args.check is None and args.out is not None and not args.out.parent.is_dir():
         raise ExportError(f"--out {args.out}: folder {args.out.parent} does not exist")
     if args.check is None and args.out is not None and args.out.is_dir():
@@ -188,47 +200,59 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(str(e)) from None
     trained_size = int(safe_load(args.weights)["size"])
     fixed = onnx_size(args.check) if args.check else None
-    if fixed is not None and args.size is not None and args.size != fixed:
-        raise ExportError(f"--size {args.size}: {args.check} takes a fixed {fixed}x{fixed} px input; leave --size out "
-                          f"or give {fixed}")
-    size = args.size or fixed or sizes[0]
+    if fixed is not None and args.input_size is not None and args.input_size != fixed:
+        raise ExportError(f"--input-size {args.input_size}: {args.check} takes a fixed {fixed}x{fixed} px input; "
+                          f"leave --input-size out or give {fixed}")
+    size = args.input_size or fixed or sizes[0]
+    # several prediction sizes: one graph must take them all
+    dynamic = args.dynamic or (args.check is None and args.input_size is None and len(sizes) > 1)
     images = sample_images(args.data, args.images)
     target = args.check or args.out or args.weights.with_name("model.onnx")
     if args.check is None:  # written beside the target, moved into place once it is trusted
         draft = target.with_name(target.name + ".tmp")
         try:
-            export_onnx(model, size, draft, args.dynamic)
-            if args.dynamic:
+            export_onnx(model, size, draft, dynamic)
+            if dynamic:
                 check_dynamic(model, draft, images, size, args.threads)
+            if not agrees(model, draft, images, size, args.threads, target):
+                draft.unlink(missing_ok=True)
+                return 1
         except BaseException:
             draft.unlink(missing_ok=True)
             raise
         draft.replace(target)
-        setting = write_setting(target, sizes, None if args.dynamic else size)
+        setting = write_setting(target, sizes, None if dynamic else size)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB; input 1x3x"
-              f"{'HxW (dynamic)' if args.dynamic else f'{size}x{size}'}; the checkpoint was trained at "
+              f"{'HxW (dynamic)' if dynamic else f'{size}x{size}'}; the checkpoint was trained at "
               f"{trained_size} px and predicts at {describe_sizes(sizes)}: {setting.name} says how)")
-        if len(sizes) > 1 and not args.dynamic:
-            print(f"note: this graph takes {size} px only; the checkpoint averages {describe_sizes(sizes)}: export "
-                  f"--dynamic, or each size with --size and --out, to predict as it does")
-    share = agreement(model, target, images, size, args.threads)
-    print(f"agreement with PyTorch: {share:.4%} of pixels over {len(images)} images at {size} px")
-    if share < AGREE:
-        print(f"error: only {share:.4%} of pixels agree (need {AGREE:.1%}): {target} does not compute what the "
-              f"checkpoint does", file=sys.stderr)
+        if sizes != (size,) and not dynamic:
+            print(f"note: this graph takes {size} px only; the checkpoint predicts at {describe_sizes(sizes)}: "
+                  f"export --dynamic, or without --input-size, to predict as it does")
+    elif not agrees(model, target, images, size, args.threads, target):
         return 1
     if args.check is not None:
         return 0
     timed = target
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.dynamic and size != LATENCY_SIZE:  # time the task's resolution, with its own fixed-size export
+        if not dynamic and size != LATENCY_SIZE:  # time the task's resolution, with its own fixed-size export
             timed = Path(tmp) / "latency.onnx"
             export_onnx(model, LATENCY_SIZE, timed)
-        ms = latency(model, timed, LATENCY_SIZE, args.threads, args.runs)
-    print(f"latency of one forward on a 1x3x{LATENCY_SIZE}x{LATENCY_SIZE} tensor (no flip TTA), median of {args.runs} "
-          f"runs, {args.threads} thread(s): PyTorch {ms['pytorch_ms']:.1f} ms, onnxruntime "
+        ms = latency(model, timed, LATENCY_SIZE, args.threads, args.repeats)
+    print(f"latency of one forward on a 1x3x{LATENCY_SIZE}x{LATENCY_SIZE} tensor (no flip TTA), median of "
+          f"{args.repeats} runs, {args.threads} thread(s): PyTorch {ms['pytorch_ms']:.1f} ms, onnxruntime "
           f"{ms['onnxruntime_ms']:.1f} ms")
     return 0
+
+
+def agrees(model: torch.nn.Module, path: Path, images: list[np.ndarray], size: int, threads: int, target: Path
+           ) -> bool:
+    """Whether the graph at `path` gives PyTorch's labels on at least AGREE of the pixels (said either way)."""
+    share = agreement(model, path, images, size, threads)
+    print(f"agreement with PyTorch: {share:.4%} of pixels over {len(images)} images at {size} px")
+    if share < AGREE:
+        print(f"error: only {share:.4%} of pixels agree (need {AGREE:.1%}): {target} does not compute what the "
+              f"checkpoint does" + ("" if path == target else "; nothing written"), file=sys.stderr)
+    return share >= AGREE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from space.budget import count_flops, count_params
 from space.config import BUDGET, ArchConfig, TrainConfig
 from space.presets import PRESETS
 from space.sample import SpaceError, as_trial, parse_assignments, replay
+from train.cli import parser, renamed
 from train.data import DataError, SplitCache, list_split, load_split, resolve_data
 from train.imageops import describe_sizes
 from train.infer import (
@@ -315,48 +316,51 @@ def write_zip(out: Path) -> Path:
     return path
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.final", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--study", default="best",
-                   help="study name; 'best' = the storage's only study, or the most recent one when it holds "
-                        "several (named in a note): F values of different studies are never compared")
-    p.add_argument("--trial", type=int, default=None, help="retrain this trial number instead of the best")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+def _what(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--study", default="best",
+                   help="study name; 'best' = the storage's only study, or its most recent one (named in a note)")
+    g.add_argument("--trial", type=int, default=None, help="retrain this trial instead of the study's pick")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="train a hand-designed preset instead of a searched trial (baselines)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
-    p.add_argument("--data", type=Path, default=None,
+    g.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL or journal file path")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one of the trial's parameters (repeatable), e.g. --set class_weight_power=0.25")
+
+
+def _training(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--data", type=Path, default=None,
                    help="dataset root; default the folder the study was searched on (a preset: as in search.run)")
-    p.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
-                   help="training resolution in px with --epochs, or a resolution schedule, e.g. 128:24,256:12 "
-                        "(24 epochs at 128 px, then 12 at 256; one learning-rate schedule over all; the model "
-                        f"predicts at the last size). Default {DEVICE_DEFAULTS['cuda']['final_schedule']} on CUDA; "
-                        f"{DEVICE_DEFAULTS['cpu']['final_schedule']} on the CPU: about 28 minutes alone on two cores "
-                        "for dw_unet, and the best two-seed val F of the schedules measured within 45 minutes "
-                        "(0.8145, vs 0.7935 for 128:40 and 0.8141 for 256:20; docs/results.md)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs at --size SIZE (left out with a schedule)")
-    p.add_argument("--include-val", action="store_true", help="fit on train + val (once the schedule is chosen)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/final)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 6 CUDA)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights, the data order and the augmentation")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override one of the trial's parameters (repeatable), e.g. --set class_weight_power=0.25 "
-                        "--set loss_lovasz=0.5; the names are the study's parameter names")
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the test masks with flip TTA, as the shipped run.py does by default (the report "
-                        "gives val F with and without it)")
-    p.add_argument("--predict-sizes", default="auto", metavar="auto|SIZE|SIZE+SIZE",
-                   help="the input size(s) the model predicts at, stored in the checkpoint and used by every "
-                        "predictor: auto scores val at 0.875x-1.25x the last training size and at the average of "
-                        "1x and 1.25x, and keeps the training size unless another beats it by more than 0.001; "
-                        "SIZE+SIZE averages the logits of both sizes")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="train through torch.compile (pays off on CUDA for long runs; compiling takes a while)")
-    p.add_argument("--ema", type=float, default=EMA_DECAY,
-                   help="decay of the exponential moving average of the weights that is evaluated and exported "
-                        "(0 = off; the raw weights' val F is reported beside it)")
+    g.add_argument("--size", default=None, metavar="SIZE|SIZE:EPOCHS,...",
+                   help="a resolution schedule, e.g. 128:24,256:12 (24 epochs at 128 px, then 12 at 256), or a "
+                        "size with --epochs; default: the study's time-budget plan, else "
+                        f"{DEVICE_DEFAULTS['cpu']['final_schedule']} CPU, {DEVICE_DEFAULTS['cuda']['final_schedule']} "
+                        "CUDA (docs/results.md)")
+    g.add_argument("--epochs", type=int, default=None, help="epochs at --size SIZE (left out with a schedule)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation")
+    g.add_argument("--include-val", action="store_true", help="fit on train + val (once the schedule is chosen)")
+    g.add_argument("--ema", type=float, default=EMA_DECAY,
+                   help="decay of the weights' moving average that is evaluated and exported (0 = off)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="DataLoader worker processes (default 0 CPU, 6 CUDA)")
+    renamed(g, "--workers", "--loader-workers", "loader_workers", type=int)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="train through torch.compile (pays off on CUDA for long runs)")
+
+
+def _prediction(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--out", type=Path, default=None, help="output folder (default studies/<study>/final)")
+    g.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the test masks with flip TTA, as the shipped run.py does")
+    g.add_argument("--predict-sizes", default="auto", metavar="auto|SIZE|SIZE+SIZE",
+                   help="the input size(s) the model predicts at: auto chooses on val among 0.875x-1.25x the "
+                        "training size (docs/deliverables.md); SIZE+SIZE averages two sizes' logits")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser("python -m train.final", __doc__, epilog="Details: docs/deliverables.md.")
+    for title, add in (("what to train", _what), ("training", _training), ("prediction and output", _prediction)):
+        add(p.add_argument_group(title))
     return p.parse_args(argv)
 
 
@@ -381,28 +385,18 @@ def check_resume(last: Path, identity: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> Path:
+    """The final: check the arguments, choose the trial, train it (resuming OUT/last.pth), then the deliverables."""
     device = pick_device(args.device)
     defaults = device_defaults(device)
-    try:
-        schedule = schedule_from_args(args.size, args.epochs, defaults["final_schedule"])
-    except ScheduleError as e:
-        raise FinalError(str(e)) from None
-    size, epochs = schedule[-1].size, total_epochs(schedule)  # the model predicts at the last stage's size
+    schedule = final_schedule(args, defaults["final_schedule"], device)
     fixed_sizes = parse_predict_sizes(args.predict_sizes)
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
     if args.out is not None:
         _check_writable(args.out)
-    storage = None
-    if args.preset:
-        chosen = preset_trial(args.preset)
-    else:
-        storage = open_storage(args.storage, heartbeat=None, must_exist=True)
-        chosen = choose_trial(storage, args.study, args.trial)
+    storage = None if args.preset else open_storage(args.storage, heartbeat=None, must_exist=True)
+    chosen = preset_trial(args.preset) if args.preset else choose_trial(storage, args.study, args.trial)
     print(f"final: study {chosen.study!r} trial {chosen.trial.number}, chosen by {chosen.decided_by}", flush=True)
-    if device.type != "cuda" and args.size is None:
-        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
-              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     arch, loss_cfg, train_cfg = replay(chosen.trial, parse_assignments(args.set, "--set"))
     train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
@@ -412,14 +406,37 @@ def run(args: argparse.Namespace) -> Path:
     identity = {"config": arch.to_dict(), "schedule": format_schedule(schedule), "seed": args.seed,
                 "data": str(data.resolve()), "include_val": args.include_val, "loss": loss_cfg.to_dict(),
                 "train": train_cfg.to_dict()}
-    last, state = out / "last.pth", None
-    if last.exists():
-        state = check_resume(last, identity)
+    state = check_resume(out / "last.pth", identity) if (out / "last.pth").exists() else None
     for stage in schedule:
         splits[stage.size]  # decode and validate every stage's data before training starts
-    print(f"training: trial {chosen.trial.number} (proxy F {chosen.trial.value}), {count_params(arch):,} params, "
+    print(f"training: trial {chosen.trial.number} (proxy F {_f(chosen.trial.value)}), {count_params(arch):,} params, "
           f"{describe_schedule(schedule)} on {device} (seed {args.seed}); data {data}; output {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    workers = args.loader_workers if args.loader_workers is not None else defaults["loader_workers"]
+    model, result = train(args, chosen, arch, (loss_cfg, train_cfg), splits, schedule, identity, state, out,
+                          device, workers)
+    deliver(args, chosen, storage, model, result, arch, (loss_cfg, train_cfg), splits, schedule, data, out, device,
+            fixed_sizes)
+    return out
+
+
+def final_schedule(args: argparse.Namespace, default: str, device: torch.device) -> tuple[Stage, ...]:
+    """--size (and --epochs), else the device's default final schedule (a note on the CPU)."""
+    try:
+        schedule = schedule_from_args(args.size, args.epochs, default)
+    except ScheduleError as e:
+        raise FinalError(str(e)) from None
+    if device.type != "cuda" and args.size is None:
+        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
+              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
+    return schedule
+
+
+def train(args: argparse.Namespace, chosen: Chosen, arch: ArchConfig, cfgs: tuple, splits: SplitCache,
+          schedule: tuple[Stage, ...], identity: dict, state: dict | None, out: Path, device: torch.device,
+          workers: int) -> tuple[torch.nn.Module, FitResult]:
+    """`full_fit` through the schedule, each epoch checkpointed to OUT/last.pth and its history to history.csv."""
+    last, epochs = out / "last.pth", total_epochs(schedule)
     if state is not None:
         print(f"resuming from {last} at epoch {state['epoch']}/{epochs}", flush=True)
 
@@ -433,11 +450,18 @@ def run(args: argparse.Namespace) -> Path:
         print(f"epoch {epoch}/{epochs} at {record['size']} px: loss {record['loss']:.4f}, val F "
               f"{record['val_f']:.4f}{raw}, {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s", flush=True)
 
-    workers = args.workers if args.workers is not None else defaults["loader_workers"]
     # the initial weights are drawn from --seed too, not only data order and augmentation
-    model, result = full_fit(arch, splits, loss_cfg, train_cfg, schedule=schedule, seed=args.seed, ema=args.ema,
-                             device=device, workers=workers, state=state, callback=say, on_epoch_end=checkpoint,
-                             desc="final", compile=args.compile)
+    return full_fit(arch, splits, *cfgs, schedule=schedule, seed=args.seed, ema=args.ema, device=device,
+                    workers=workers, state=state, callback=say, on_epoch_end=checkpoint, desc="final",
+                    compile=args.compile)
+
+
+def deliver(args: argparse.Namespace, chosen: Chosen, storage, model: torch.nn.Module, result: FitResult,
+            arch: ArchConfig, cfgs: tuple, splits: SplitCache, schedule: tuple[Stage, ...], data: Path, out: Path,
+            device: torch.device, fixed_sizes: tuple[int, ...] | None) -> None:
+    """After training: the prediction setting (chosen on val unless fixed), ckpt.pth, report.md, the test masks,
+    solution/, final.json, report.pdf and the checked submission.zip."""
+    size = schedule[-1].size  # the model predicts at the last stage's size
     val = splits[size][1]
     # fit scored val after its last epoch; a run resumed after that epoch has no scorer yet
     scorer = result.scorer or evaluate(model, val, device)
@@ -456,10 +480,11 @@ def run(args: argparse.Namespace) -> Path:
     at = next((r.val_f for r in rows if r.sizes == sizes), None)
     print(f"val F-measure {scorer.f_measure:.4f} (raw weights {_f(result.raw_f)}, flip TTA {tta_f:.4f}); predicts at "
           f"{describe_sizes(sizes)}{'' if at is None else f' (val F {at:.4f})'}; report {out / 'report.md'}")
+    loss_cfg, train_cfg = cfgs
     (out / "final.json").write_text(strict_json({
-        "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size, "epochs": epochs,
-        "schedule": format_schedule(schedule), "seed": args.seed, "val_f": scorer.f_measure,
-        "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
+        "study": chosen.study, "trial": chosen.trial.number, "params": params, "size": size,
+        "epochs": total_epochs(schedule), "schedule": format_schedule(schedule), "seed": args.seed,
+        "val_f": scorer.f_measure, "val_f_raw": result.raw_f, "val_f_flip_tta": tta_f,
         "predict_sizes": list(sizes), "predict_settings": [r.to_dict() for r in rows],
         "fit_seconds": result.history[-1]["seconds"] if result.history else None, "device": str(device),
         "flops": count_flops(arch, size), "arch": arch.to_dict(), "loss": loss_cfg.to_dict(),
@@ -470,17 +495,21 @@ def run(args: argparse.Namespace) -> Path:
         write_pdf(out)
     except ReportError as e:
         print(f"note: {e}; rebuild it later with python -m train.report_pdf {out}", flush=True)
-    if n_test:
-        path = write_zip(out)
-        from train.submission import check_zip
+    ship_zip(out, data, n_test)
 
-        problems = check_zip(path, data / "test" / "images", phase="final")
-        if problems:
-            raise FinalError(f"{path} failed the submission check: {problems[0]}")
-        print(f"{n_test} test masks in {out / 'masks'}; submission {path} (checked)")
-    else:
+
+def ship_zip(out: Path, data: Path, n_test: int) -> None:
+    """submission.zip (masks and solution), checked as the final phase's server would, when the test set exists."""
+    if not n_test:
         print(f"no test images under {data / 'test' / 'images'}: no submission.zip written")
-    return out
+        return
+    path = write_zip(out)
+    from train.submission import check_zip
+
+    problems = check_zip(path, data / "test" / "images", phase="final")
+    if problems:
+        raise FinalError(f"{path} failed the submission check: {problems[0]}")
+    print(f"{n_test} test masks in {out / 'masks'}; submission {path} (checked)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,12 +46,13 @@ def save_mask(mask: np.ndarray, path: Path) -> None:
 # train.schedule), and
 # DataLoader worker processes. The CPU proxy is the best Kendall tau per CPU-minute measured (docs/results.md); the
 # CPU final is the highest two-seed val F of the schedules measured for dw_unet that take <= 45 minutes alone on two
-# cores (issue 20's table in docs/results.md: 128:24,256:12, 0.8145, about 28 minutes). The CPU rung, 128:4,256:2 on all
-# of train, ordered the 8 arch-tpe networks of known full F exactly (tau 1.0 by mean_last2_f, 11 of 11 close pairs,
-# against 128:20; tau 0.929, 14 of 15, against the new final), where 128:4 on 40 % reached 0.714 (docs/results.md).
+# cores (docs/results.md, "The CPU final's resolution schedule": 128:24,256:12, 0.8145, about 28 minutes). The CPU
+# rung, 128:4,256:2 on all of train, ordered the 8 arch-tpe networks of known full F exactly (tau 1.0 by mean_last2_f,
+# 11 of 11 close pairs, against 128:20; tau 0.929, 14 of 15, against the new final), where 128:4 on 40 % reached
+# 0.714 (docs/results.md).
 # The CPU's final_minutes (picks whose train.final is predicted over it are left out, search.rung) keeps the whole
 # flow within 2 hours: the search at these defaults took 72 minutes and the part after training about 4, so 120 - 72
-# - 4 = 44 less a margin for the search's own spread (docs/results.md, "The whole CPU flow at the new defaults").
+# - 4 = 44 less a margin for the search's own spread (docs/results.md, "The whole CPU flow").
 DEVICE_DEFAULTS = {
     "cpu": dict(proxy_size=64, proxy_epochs=4, subset=0.4, signal="mean_last2_f", flops_cap=1.0,
                 rung_k=3, rung_schedule="128:4,256:2", rung_subset=1.0, final_schedule="128:24,256:12",

@@ -7,7 +7,6 @@ plain mean over images. `python -m train.metric GT_DIR PRED_DIR` scores a folder
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from train.classes import CLASS_NAMES, NUM_CLASSES
+from train.cli import parser as cli_parser
 
 EPS = 1e-7
 
@@ -130,7 +130,7 @@ def score_folders(gt_dir: Path, pred_dir: Path) -> Scorer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.metric", description=__doc__.split("\n")[0])
+    parser = cli_parser("python -m train.metric", __doc__)
     parser.add_argument("gt_dir", type=Path, help="folder of ground-truth PNG label masks")
     parser.add_argument("pred_dir", type=Path, help="folder of predicted PNG label masks, same file names")
     args = parser.parse_args(argv)

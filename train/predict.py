@@ -1,5 +1,7 @@
-"""`python -m train.predict --weights ckpt.pth --input IMG_OR_DIR --output DIR [--overlay] [--no-flip-tta]`:
-label PNGs at each input image's size, and optionally colour overlays a person can look at."""
+"""`python -m train.predict --weights ckpt.pth --input IMG_OR_DIR --out DIR`: label PNGs at each image's size.
+
+Optionally (`--overlay`) colour overlays a person can look at; flip TTA as the shipped run.py (`--no-flip-tta`: off).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +12,27 @@ from pathlib import Path
 
 from PIL import Image
 
+from train.cli import parser, renamed
 from train.infer import list_images, load_checkpoint, load_rgb, pick_device, predict_mask, save_mask
 from train.visual import overlay
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
-    p.add_argument("--weights", type=Path, required=True, help="exported checkpoint (ckpt.pth from train.final)")
-    p.add_argument("--input", type=Path, required=True, help="an image or a folder of images")
-    p.add_argument("--output", type=Path, required=True, help="folder for <stem>.png label maps")
-    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg colour overlays")
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="average with the horizontally flipped prediction, left/right labels swapped back (on by "
-                        "default, as in the shipped run.py; --no-flip-tta for the plain prediction)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p = parser("python -m train.predict", __doc__, epilog="Details: docs/deliverables.md.")
+    g = p.add_argument_group("input and output")
+    g.add_argument("--weights", type=Path, required=True, help="exported checkpoint (ckpt.pth from train.final)")
+    g.add_argument("--input", type=Path, required=True, help="an image or a folder of images")
+    g.add_argument("--out", type=Path, default=None, help="folder for <stem>.png label maps (required)")
+    renamed(g, "--output", "--out", "out", type=Path)
+    g.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg colour overlays")
+    g = p.add_argument_group("prediction")
+    g.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average with the mirrored prediction, left/right labels swapped back (as the shipped "
+                        "run.py does)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = p.parse_args(argv)
+    if args.out is None:  # not required=True: the old spelling --output fills it too
+        p.error("the following arguments are required: --out")
     for path, what in ((args.weights, "weights"), (args.input, "input")):
         if not path.exists():
             print(f"error: {what} {path} does not exist", file=sys.stderr)
@@ -39,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, pickle.UnpicklingError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    args.output.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     for path in images:
         image = load_rgb(path)
         mask = predict_mask(model, image, sizes, device, args.flip_tta)
-        save_mask(mask, args.output / f"{path.stem}.png")
+        save_mask(mask, args.out / f"{path.stem}.png")
         if args.overlay:
-            Image.fromarray(overlay(image, mask)).save(args.output / f"{path.stem}_overlay.jpg", quality=90)
-    print(f"wrote {len(images)} mask(s){' and overlays' if args.overlay else ''} to {args.output}")
+            Image.fromarray(overlay(image, mask)).save(args.out / f"{path.stem}_overlay.jpg", quality=90)
+    print(f"wrote {len(images)} mask(s){' and overlays' if args.overlay else ''} to {args.out}")
     return 0
 
 

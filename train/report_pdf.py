@@ -9,7 +9,6 @@ reason, and this command rebuilds it once a font is installed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from space.config import BUDGET
+from train.cli import parser as cli_parser
 from train.imageops import describe_sizes
 from train.schedule import describe_schedule, parse_schedule
 
@@ -255,7 +255,7 @@ def write_pdf(out: Path, log=print) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.report_pdf", description=__doc__.split("\n")[0])
+    p = cli_parser("python -m train.report_pdf", __doc__)
     p.add_argument("out", type=Path, help="a train.final output folder (holds final.json and history.csv)")
     args = p.parse_args(argv)
     try:

@@ -7,7 +7,6 @@ Development phase (`--phase dev`): `masks/` only, each mask naming an image of D
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import zipfile
@@ -16,6 +15,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from train.cli import HelpFormatter
+from train.cli import parser as cli_parser
 from train.data import IMAGE_SUFFIXES, MASK_MODES
 
 SOLUTION_FILES = ("ckpt.pth", "run.py", "requirements.txt")
@@ -90,9 +91,10 @@ def check_zip(zip_path: Path, images: Path, phase: str = "final") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.submission", description=__doc__.split("\n")[0])
+    parser = cli_parser("python -m train.submission", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="verify a submission zip")
+    c = sub.add_parser("check", help="verify a submission zip", formatter_class=HelpFormatter).add_argument_group(
+        "the submission and its images")
     c.add_argument("zip", type=Path, help="the submission zip")
     c.add_argument("--images", type=Path, required=True, help="folder of the test images the masks are for")
     c.add_argument("--phase", choices=("final", "dev"), default="final",

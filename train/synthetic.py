@@ -10,7 +10,6 @@ image gets blur and JPEG artefacts, so colour alone does not give the label: sha
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from train.classes import NUM_CLASSES, PALETTE
+from train.cli import parser as cli_parser
 
 DEFAULT_DIR = Path("data/synthetic")
 DEFAULT_COUNTS = {"train": 240, "val": 60, "test": 20}
@@ -205,7 +205,7 @@ def ensure_default(root: Path = DEFAULT_DIR) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.synthetic", description=__doc__.split("\n")[0])
+    parser = cli_parser("python -m train.synthetic", __doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output root (default: %(default)s)")
     parser.add_argument("--train", type=int, default=DEFAULT_COUNTS["train"], help="training pairs")
     parser.add_argument("--val", type=int, default=DEFAULT_COUNTS["val"], help="validation pairs")
