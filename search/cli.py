@@ -7,6 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
+from search.plan import parse_duration
 from search.storage import DEFAULT_STORAGE, HEARTBEAT_S, is_sqlite
 from train.cli import parser
 from train.schedule import MAX_EPOCHS, MAX_SIZE, MIN_SIZE, ScheduleError, parse_schedule
@@ -78,6 +79,9 @@ def _rung(g: argparse._ArgumentGroup) -> None:
 
 
 def _time(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall-clock time of the whole flow on this machine, this search and train.final --study best "
+                        "together (3h, 150m, 5400s): the search stops in time and plans the final (docs/search.md)")
     g.add_argument("--final-minutes", type=float, default=None, metavar="M",
                    help="leave out of the rung's choice any pick whose train.final is predicted over M minutes "
                         "(default 40 CPU, off CUDA; inf = off; a resumed study keeps its own)")
@@ -131,6 +135,10 @@ def validate(args: argparse.Namespace) -> None:
     _in("timeout", args.timeout, 1e-3, 1e9, "> 0 seconds (finite)")
     _in("rung", args.rung, 0, math.inf, ">= 0 (0 = off)")
     _in("seed", args.seed, 0, 2**32 - 1, f"0..{2**32 - 1}")
+    if args.time_budget is not None:
+        parse_duration(args.time_budget)
+        if args.final_minutes is not None:
+            raise ValueError("--final-minutes with --time-budget: the budget's plan sets the final's minutes; give one")
     if args.final_minutes is not None and not (args.final_minutes > 0):  # inf is meant: the limit off
         raise ValueError(f"--final-minutes must be > 0 minutes (inf = no limit), got {args.final_minutes}")
     if args.rung_size is not None:

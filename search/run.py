@@ -24,7 +24,8 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from search.cli import parse_args, validate
-from search.rung import FAILURES, PENDING_ATTR, RungSetting, run_rung
+from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, parse_duration, say_minutes
+from search.rung import FAILURES, MINUTES_ATTR, PENDING_ATTR, RungSetting, run_rung
 from search.settings import (
     Settings,
     check_resumable,
@@ -36,6 +37,8 @@ from search.settings import (
 )
 from search.storage import StorageError, open_storage, require_study, storage_exists
 from search.summary import save_dashboard_note, summary
+from search.timebudget import describe as describe_budget
+from search.timebudget import gate, may_take_another, new_budget, record_plan, rung_limit
 from search.workers import fail_dead_trials, retry_once, take_trial, this_worker
 from space.budget import count_flops
 from space.config import BUDGET
@@ -240,7 +243,8 @@ def run_worker(s: Settings, budget, timeout: float | None, threads: int, data: t
     study = open_study(s)
     objective, t0 = Objective(s, train, val), time.time()
     try:
-        while (timeout is None or time.time() - t0 < timeout) and take_trial(budget):
+        while (timeout is None or time.time() - t0 < timeout) and may_take_another(study, s.time_budget) \
+                and take_trial(budget):
             study.optimize(objective, n_trials=1, callbacks=[say_trial], catch=FAILURES, gc_after_trial=True)
     except Terminated:
         if objective.trial is not None:
@@ -272,8 +276,10 @@ def say_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                       f" at epoch {a.get('epochs_run', max(t.intermediate_values, default=0))}"),
            "FAIL": f" ({a.get('fail_reason', 'failed')})"}.get(t.state.name, "")
     seconds = t.duration.total_seconds() if t.duration else float("nan")
+    budget = study.user_attrs.get(BUDGET_ATTR)
+    left = f"; {say_minutes(left_s(budget))} of the budget left" if budget else ""
     print(f"trial {t.number} {t.state.name.lower()}{how}: F={f:.4f} best={best:.4f} "
-          f"params={a.get('params', 0):,} {seconds:.0f} s", flush=True)
+          f"params={a.get('params', 0):,} {seconds:.0f} s{left}", flush=True)
 
 
 def n_finished(study: optuna.Study) -> int:
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     begin(study, storage, s, given_portfolio=args.portfolio is not None)
-    rung, proxy_s = pending_rung(study, s), 0.0
+    rung, proxy_s, ran = pending_rung(study, s), 0.0, 0
     if rung is None:  # the rule: an unfinished rung is finished first, alone
         rung, t0 = s.rung(), time.time()
         failed, ran = run_proxy_phase(s, args, data) if args.trials else (None, 0)
@@ -304,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     if rung_s is None:
         return 130
     study = open_study(s)
+    planned = study.user_attrs.get(PLAN_ATTR) or {}
+    if s.time_budget and (rung_s or ran or planned.get("budget_started") != s.time_budget["started"]):
+        record_plan(study, s.time_budget, best_proxy(study))  # (a resume that trained nothing keeps its plan)
     text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
         f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")
     save_dashboard_note(study, s, text)
@@ -317,11 +326,15 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, optuna.storages.BaseSto
     settings (a resumed study's own where a flag is left out), the data, the storage and the study."""
     validate(args)
     storage = open_storage(args.storage, heartbeat=args.heartbeat) if storage_exists(args.storage) else None
-    s = settings_from_args(args, recorded_attrs(storage, study_name(args)))
+    recorded = recorded_attrs(storage, study_name(args))
+    s = settings_from_args(args, recorded)
     if not args.trials and not s.rung_k:
         raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
                          "device's default: 0 on CUDA): give --rung K")
     s.fixed = fixed_params(args, storage)
+    s.time_budget = recorded.get(BUDGET_ATTR) if args.time_budget is None else new_budget(
+        parse_duration(args.time_budget), s.device, 0 if recorded.get("proxy") else len(s.portfolio), s.rung_k,
+        args.workers)
     data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
     storage = storage or open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
     if not args.trials:  # only the rung: on a study that has trials, nothing created
@@ -343,6 +356,9 @@ def begin(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings
         for note in fail_dead_trials(study):
             print(f"note: {note}", flush=True)
     record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
+    if s.time_budget:
+        study.set_user_attr(BUDGET_ATTR, s.time_budget)
+        s.rung_k, s.final_schedule = s.time_budget["rung_k"], s.time_budget["final_schedule"]
     dropped = enter_portfolio(study, storage, s, given=given_portfolio)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
@@ -350,6 +366,8 @@ def begin(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings
           f"FLOPs cap {f'{s.flops_cap:g}x the costliest preset' if s.flops_cap else 'none'}; "
           f"budget < {BUDGET:,} params"
           + (f"; fixed: {', '.join(f'{k}={v}' for k, v in s.fixed.items())}" if s.fixed else ""), flush=True)
+    if s.time_budget:
+        print(f"search: {describe_budget(s.time_budget)}", flush=True)
     if dropped:
         print(f"search: another process enqueued the portfolio at the same moment; dropped the duplicate trials "
               f"{', '.join(f'#{n}' for n in dropped)} (failed untrained, user attr duplicate_of)", flush=True)
@@ -358,13 +376,23 @@ def begin(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings
 def second_rung(s: Settings, rung: RungSetting) -> float | None:
     """The second rung's runs (search.rung); the seconds they trained, None when interrupted (said)."""
     print(f"rung 2: the top {rung.k} complete trials at {rung.describe()}", flush=True)
+    study, say, ask = open_study(s), print, None
+    if s.time_budget:  # the limit for picks is what the plan leaves the final; no run starts that cannot end
+        study.set_user_attr(MINUTES_ATTR, rung_limit(study, s.time_budget, rung.k))
+        ask = gate(study, s.time_budget)
+        say = lambda line: print(f"{line} [{say_minutes(left_s(s.time_budget))} of the budget left]", flush=True)
     try:
-        return run_rung(open_study(s), rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device),
-                        s.final_schedule)
+        return run_rung(study, rung, SplitCache(s.data, subset=rung.subset), pick_device(s.device),
+                        s.final_schedule, say=say, gate=ask)
     except KeyboardInterrupt:
         print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
               "the rung (and adds no proxy trials)", file=sys.stderr)
         return None
+
+
+def best_proxy(study: optuna.Study) -> int | None:
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(done, key=lambda t: t.value).number if done else None
 
 
 def pending_rung(study: optuna.Study, s: Settings) -> RungSetting | None:

@@ -216,12 +216,13 @@ def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dic
 
 
 def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
-    """The trials whose rung run at `setting` is done: trained, failed MAX_ATTEMPTS times, or redirected to the
+    """The trials whose rung run at `setting` is done: trained, failed MAX_ATTEMPTS times, skipped for the time
+    budget, or redirected to the
     reference's recipe while their foretold minutes are over the study's limit (a limit raised above them since
     sends them to the rung at their own recipe)."""
     limit = study.user_attrs.get(MINUTES_ATTR)
     return {n for n, r in _records(study, setting).items()
-            if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS
+            if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS or "skipped" in r
             or ("redirected" in r and limit is not None and r["redirected"]["predicted_minutes"] > limit)}
 
 
@@ -427,16 +428,18 @@ class Claims:
 
 
 def run_rung(study: optuna.Study, setting: RungSetting, splits: Mapping[int, tuple[Split, Split]],
-             device: torch.device, final_schedule: str, say: Callable[[str], None] = print) -> float:
+             device: torch.device, final_schedule: str, say: Callable[[str], None] = print,
+             gate: Callable[[optuna.trial.FrozenTrial], str | None] | None = None) -> float:
     """Train the promoted trials whose run at `setting` is not done and not held by another process, recording
     each as soon as it is done (with its predicted `train.final` minutes at `final_schedule`; a NaN loss or an
     out-of-memory as a failed attempt); then the recipe stage (`stage_pairing`), as one more promoted trial. Once
-    every promoted run is done, `setting` becomes the study's rung setting and the pending mark is cleared. Returns
+    every promoted run is done, `setting` becomes the study's rung setting and the pending mark is cleared. `gate`
+    (search.run's time budget) says why a run must not start: it is recorded as skipped, which finishes it. Returns
     the seconds spent training."""
     study.set_user_attr(PENDING_ATTR, dataclasses.asdict(setting))
     claims, spent, skip_done = Claims(study), 0.0, False
     while True:  # a second pass only after the recipe stage chose its trial: the runs done before go unsaid
-        spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say, skip_done)
+        spent += _train_promoted(study, setting, claims, splits, device, final_schedule, say, skip_done, gate)
         skip_done = True
         todo = unfinished(study, setting)
         if todo:
@@ -505,7 +508,8 @@ def redirected(study: optuna.Study, setting: RungSetting | None = None) -> dict[
 
 def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                     splits: Mapping[int, tuple[Split, Split]], device: torch.device, final_schedule: str,
-                    say: Callable[[str], None], skip_done: bool = False) -> float:
+                    say: Callable[[str], None], skip_done: bool = False,
+                    gate: Callable[[optuna.trial.FrozenTrial], str | None] | None = None) -> float:
     spent, ref = 0.0, reference(study)
     runs = promoted(study, setting)
     limit = study.user_attrs.get(MINUTES_ATTR)
@@ -534,6 +538,13 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                 trial, claim = stage, _take(claims, stage, setting, say)
                 if claim is None:
                     continue
+        reason = gate(trial) if gate is not None else None
+        if reason is not None:  # recorded as done: the rung finishes without it
+            study.set_user_attr(f"{RUNG_ATTR}:{trial.number}:{setting.id}", {
+                "skipped": reason, "proxy_f": trial.value, **dataclasses.asdict(setting)})
+            claims.release(claim, TrialState.FAIL)
+            say(f"rung 2: trial {name_of(trial)} not trained: {reason}")
+            continue
         spent += _train_one(study, setting, claims, claim, trial, splits, device, final_schedule, say,
                             is_ref=ref is not None and trial.number == ref.number)
     return spent

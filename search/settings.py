@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 
 from search.cli import OVER_LIMIT_DEFAULT
+from search.plan import BUDGET_ATTR
 from search.rung import MINUTES_ATTR, SETTING_ATTR, RungSetting
 from search.storage import HEARTBEAT_S, pick_trial, require_study, study_names
 from space.portfolio import PORTFOLIO, Entry, load_portfolio
@@ -47,6 +48,7 @@ class Settings:
     final_minutes_given: bool = True  # False: the device's default, and a study that recorded a limit keeps its own
     over_limit: str = OVER_LIMIT_DEFAULT  # --over-limit-recipe: the recipe a pick foretold over the limit trains at
     over_limit_given: bool = True  # False: the default, and a study whose last rung recorded one keeps its own
+    time_budget: dict | None = None  # search.plan's budget record (BUDGET_ATTR): seconds, start, the plan's figures
 
     def rung(self) -> RungSetting:
         # without a limit nothing is over it: "reference" trains what "own" does, and keeps own's id and records
@@ -166,7 +168,11 @@ def record_settings(study: optuna.Study, s: Settings) -> None:
     recorded a `final_minutes` keeps it unless `--final-minutes` was given (`s.final_minutes_given`): a new default
     does not change an earlier study's pick; a given value that changes it is said. Likewise a study whose last rung
     finished keeps that rung's `over_limit` unless `--over-limit-recipe` was given, so its next rung keeps the id."""
-    if MINUTES_ATTR in study.user_attrs and not s.final_minutes_given:
+    if s.time_budget:  # the budget's plan sets the limit (the rung and the search's end refine it: a resume of the
+        # same budget keeps the refined one)
+        same = study.user_attrs.get(BUDGET_ATTR) == s.time_budget and MINUTES_ATTR in study.user_attrs
+        s.final_minutes = study.user_attrs[MINUTES_ATTR] if same else s.time_budget["final_minutes"]
+    elif MINUTES_ATTR in study.user_attrs and not s.final_minutes_given:
         s.final_minutes = study.user_attrs[MINUTES_ATTR]
     elif study.user_attrs.get(MINUTES_ATTR, s.final_minutes) != s.final_minutes:
         said = lambda m: "inf" if m is None else f"{m:g}"

@@ -8,6 +8,7 @@ import optuna
 from search.rung import name_of, proxy_text, redirect_notes, reference_number, rung_records, verdict
 from search.settings import Settings
 from search.storage import DEFAULT_STORAGE
+from search.timebudget import plan_lines
 from space.config import BUDGET
 
 
@@ -40,6 +41,7 @@ def summary(study: optuna.Study, s: Settings) -> str:
                   for n, r in sorted(rung.items(), key=lambda item: -item[1]["f"])]
         lines += ["  " + note for note in redirect_notes(study)]
         lines.append(f"{verdict(study)}; train.final --study best takes it")
+    lines += plan_lines(study)
     over = [t.user_attrs.get("draws_over_cap", 0) for t in study.trials
             if "draws_over_cap" in t.user_attrs and "portfolio" not in t.user_attrs]  # proposals, not entries
     if over and s.flops_cap:

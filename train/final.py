@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from search.plan import PLAN_ATTR
 from search.records import recipe_and_architecture
 from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
@@ -52,6 +53,7 @@ from train.schedule import (
     Stage,
     describe_schedule,
     format_schedule,
+    parse_schedule,
     schedule_from_args,
     total_epochs,
 )
@@ -68,6 +70,7 @@ class Chosen:
     trial: optuna.trial.FrozenTrial
     data: str | None = None  # the data folder the study was searched on (study user attr `data`)
     decided_by: str = "the proxy"  # what picked the trial: --trial, the proxy, or the second rung
+    plan: dict | None = None  # the study's time-budget plan for this trial (search.plan): its schedule, minutes left
 
 
 def most_recent(storage: optuna.storages.BaseStorage, names: list[str]) -> str:
@@ -96,7 +99,14 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
         study = names[0]
     require_study(storage, study)
     loaded = optuna.load_study(study_name=study, storage=storage)
-    data = loaded.user_attrs.get("data")
+    chosen = _chosen(loaded, number)
+    plan = loaded.user_attrs.get(PLAN_ATTR) or {}
+    entry = plan.get("schedules", {}).get(str(chosen.trial.number))
+    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"]} if entry else None)
+
+
+def _chosen(loaded: optuna.Study, number: int | None) -> Chosen:
+    study, data = loaded.study_name, loaded.user_attrs.get("data")
     if number is not None:
         return Chosen(study, pick_trial(loaded, number), data, "--trial")
     note = unfinished_note(loaded)
@@ -388,7 +398,7 @@ def run(args: argparse.Namespace) -> Path:
     """The final: check the arguments, choose the trial, train it (resuming OUT/last.pth), then the deliverables."""
     device = pick_device(args.device)
     defaults = device_defaults(device)
-    schedule = final_schedule(args, defaults["final_schedule"], device)
+    schedule = final_schedule(args, defaults["final_schedule"])
     fixed_sizes = parse_predict_sizes(args.predict_sizes)
     if not 0 <= args.ema < 1:
         raise FinalError(f"--ema must be in [0, 1), got {args.ema}")
@@ -396,7 +406,15 @@ def run(args: argparse.Namespace) -> Path:
         _check_writable(args.out)
     storage = None if args.preset else open_storage(args.storage, heartbeat=None, must_exist=True)
     chosen = preset_trial(args.preset) if args.preset else choose_trial(storage, args.study, args.trial)
-    print(f"final: study {chosen.study!r} trial {chosen.trial.number}, chosen by {chosen.decided_by}", flush=True)
+    if chosen.plan and args.size is None:  # the schedule the study's time budget planned for this trial
+        schedule = parse_schedule(chosen.plan["schedule"])
+    print(f"final: study {chosen.study!r} trial {chosen.trial.number}, chosen by {chosen.decided_by}"
+          + (f"; following the study's time-budget plan: {chosen.plan['schedule']} (about "
+             f"{chosen.plan['minutes']:.0f} min of the {chosen.plan['minutes_left']:.0f} left at the search's end; "
+             f"--size overrides it)" if chosen.plan and args.size is None else ""), flush=True)
+    if device.type != "cuda" and args.size is None and not chosen.plan:
+        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
+              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     arch, loss_cfg, train_cfg = replay(chosen.trial, parse_assignments(args.set, "--set"))
     train_cfg = dataclasses.replace(train_cfg, ema=args.ema)
     out = args.out or Path("studies") / chosen.study / "final"
@@ -420,15 +438,12 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def final_schedule(args: argparse.Namespace, default: str, device: torch.device) -> tuple[Stage, ...]:
-    """--size (and --epochs), else the device's default final schedule (a note on the CPU)."""
+def final_schedule(args: argparse.Namespace, default: str) -> tuple[Stage, ...]:
+    """--size (and --epochs), else the device's default final schedule (checked before anything else runs)."""
     try:
         schedule = schedule_from_args(args.size, args.epochs, default)
     except ScheduleError as e:
         raise FinalError(str(e)) from None
-    if device.type != "cuda" and args.size is None:
-        print(f"note: no CUDA device; training {describe_schedule(schedule)} on the CPU (the CPU default, "
-              f"docs/results.md; the challenge scores 512 px: use a GPU, or --size, for full fidelity)")
     return schedule
 
 

@@ -1,0 +1,209 @@
+"""One time budget for the whole flow (`search.run --time-budget 3h`): the search and `train.final --study best`
+together, on this machine, by the wall clock.
+
+The final's time is planned from the **schedule ladder** (`search/ladders/<device>.json`): `train.final` schedules of
+the portfolio's best network measured for val F (two seeds) and predicted minutes, each row naming its
+docs/results.md row. The rule fixed before the ladder was measured: for M minutes, the row with the highest two-seed
+mean among those that fit in M, and the cheapest row within the ladder's seed spread of it (`choose_row`).
+
+- **Up front** (`initial_plan`): the final's target is the rule's row for the time the smallest search leaves; the
+  rung's runs are reserved at the ladder's figures (fewer promoted picks when the budget is short); what remains is
+  the proxy phase's. A budget too small for the cheapest final is refused, saying the smallest that works.
+- **Proxy trials** start only while one more fits before the proxy phase's end (FLAML's rule: the time left covers
+  one more trial and the rest): `may_start_trial`, each worker before each trial, from the trials' own durations.
+- **Rung runs** start only when they end before the cheapest final must begin (`rung_gate`); the rung's time limit
+  for picks (`--final-minutes`) is the time the plan leaves for the final.
+- **At the search's end** (`final_plan`): for every pick at the rung, the schedule its final gets in the minutes
+  left, from the ladder's minutes scaled by the pick's own speed at the rung (its predicted minutes at the ladder's
+  default row over that row's). The study records the plan (`PLAN_ATTR`); `train.final` follows it.
+
+A resumed study keeps its budget (the same start and length: the wall clock runs on while nothing runs) unless
+`--time-budget` is given again, which starts a new budget from then.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LADDERS = Path(__file__).parent / "ladders"  # FACENAS_LADDERS names another folder (the tests' tiny ladders)
+BUDGET_ATTR = "time_budget"  # study user attr: {"seconds", "started", "device", "proxy_until", "rung_k", ...}
+PLAN_ATTR = "time_plan"  # study user attr: the plan at the search's end (train.final follows it)
+MARGIN = 0.02  # share of the budget kept back for what the estimates miss (start-up, writes, a slow trial)
+MIN_MARGIN_S = 10.0
+
+
+class PlanError(ValueError):
+    """A budget that cannot be planned (too small, a ladder without figures), with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class Row:
+    schedule: str  # train.schedule format
+    val_f: tuple[float, ...]  # one per seed (the rule needs two)
+    minutes: float  # train.final's training and scoring, predicted alone on this machine's cores (bench.schedule)
+    after_minutes: float  # what train.final does after training: the prediction setting, test masks, reports, zip
+    source: str  # the docs/results.md row
+
+    @property
+    def mean(self) -> float:
+        return sum(self.val_f) / len(self.val_f)
+
+    @property
+    def total(self) -> float:
+        return self.minutes + self.after_minutes
+
+
+@dataclass(frozen=True)
+class Ladder:
+    device: str
+    network: str
+    rows: tuple[Row, ...]
+    default: str  # the device's default final schedule: the row a pick's speed is measured against
+    rung_run_seconds: float  # one rung run of the ladder's network, alone (the reference's)
+    proxy_trial_seconds: float  # one proxy trial of it, as the CPU flows ran them
+    path: Path
+
+    @property
+    def spread(self) -> float:
+        """The seed spread: the mean over the rows of (max - min) of their seeds' val F."""
+        gaps = [max(r.val_f) - min(r.val_f) for r in self.rows if len(r.val_f) > 1]
+        return sum(gaps) / len(gaps) if gaps else 0.0
+
+    def row(self, schedule: str) -> Row | None:
+        return next((r for r in self.rows if r.schedule == schedule), None)
+
+
+def load_ladder(device: str, path: Path | None = None) -> Ladder:
+    """The ladder of a device kind ('cpu', 'cuda'); a PlanError names the file when it cannot plan (missing, or rows
+    without measured figures)."""
+    path = path or Path(os.environ.get("FACENAS_LADDERS") or LADDERS) / f"{device}.json"
+    try:
+        data = json.loads(Path(path).read_text())
+        rows = tuple(Row(r["schedule"], tuple(r["val_f"] or ()), r["minutes"], r["after_minutes"], r["source"])
+                     for r in data["rows"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PlanError(f"schedule ladder {path}: not readable ({e})") from None
+    measured = tuple(r for r in rows if r.val_f and r.minutes is not None and r.after_minutes is not None)
+    if not measured or data.get("rung_run_seconds") is None or data.get("proxy_trial_seconds") is None:
+        raise PlanError(f"--time-budget on {device}: the schedule ladder {path} has no measured rows yet "
+                        f"({data.get('note', 'measure it first')})")
+    return Ladder(device, data["network"], measured, data["default"], data["rung_run_seconds"],
+                  data["proxy_trial_seconds"], Path(path))
+
+
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """'3h', '150m', '5400s', '1h30m' -> seconds; a ValueError naming the value otherwise."""
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?\s*[hms]\s*)+)", text.lower())
+    if not parts:
+        raise ValueError(f"--time-budget {text!r}: expected a duration such as 3h, 150m, 5400s or 1h30m")
+    seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", parts.group(1)))
+    if not 0 < seconds < 30 * 86400:
+        raise ValueError(f"--time-budget {text!r}: expected more than 0 and under 30 days")
+    return seconds
+
+
+def say_minutes(seconds: float) -> str:
+    """A duration as a person reads it: 95 s -> '1 min 35 s', 7380 s -> '2 h 03 min'."""
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def choose_row(ladder: Ladder, minutes: float, factor: float = 1.0) -> Row | None:
+    """The ladder's rule for `minutes` (a final's whole time, its after-training part included, with the ladder's
+    minutes times `factor`, the pick's speed): among the rows that fit, the highest two-seed mean, then the cheapest
+    row within the seed spread of it; None when none fits."""
+    fits = [r for r in ladder.rows if r.total * factor <= minutes]
+    if not fits:
+        return None
+    best = max(r.mean for r in fits)
+    return min((r for r in fits if r.mean >= best - ladder.spread), key=lambda r: (r.total, -r.mean))
+
+
+def margin(budget_s: float) -> float:
+    return max(MIN_MARGIN_S, MARGIN * budget_s)
+
+
+def initial_plan(ladder: Ladder, budget_s: float, entries: int, rung_k: int, workers: int = 1) -> dict:
+    """The plan before any trial: the final's target row, the rung's promoted count and reserve, and when the proxy
+    phase must end (seconds from the start). The smallest search is the portfolio's entries (they are trained
+    first) and the reference's rung run; the rung promotes fewer picks when the budget is short."""
+    cheapest = min(ladder.rows, key=lambda r: r.total)
+    entries_s = math.ceil(entries / max(1, workers)) * ladder.proxy_trial_seconds
+    smallest = entries_s + ladder.rung_run_seconds + cheapest.total * 60 + margin(budget_s)
+    if budget_s < smallest:
+        raise PlanError(f"--time-budget {say_minutes(budget_s)}: too small here: the portfolio's proxy trials, the "
+                        f"reference's rung run and the cheapest final ({cheapest.schedule}, about "
+                        f"{cheapest.total:.0f} min, {ladder.path.name}) need about {say_minutes(smallest)}; give at "
+                        f"least {math.ceil(smallest / 60)}m")
+    for k in range(rung_k, -1, -1):  # the reference, k picks and the recipe stage
+        rung_s = (k + 2 if k else 1) * ladder.rung_run_seconds
+        room = budget_s - margin(budget_s) - entries_s - rung_s
+        target = choose_row(ladder, room / 60)
+        if target is not None:
+            return {"rung_k": k, "rung_reserve_s": rung_s, "final_target": target.schedule,
+                    "final_reserve_s": target.total * 60,
+                    "proxy_until": budget_s - margin(budget_s) - rung_s - target.total * 60}
+    raise AssertionError("unreachable: the smallest budget fits k = 0")
+
+
+def trial_estimate(durations: list[float], ladder: Ladder) -> float:
+    """What one more proxy trial takes: the 90th percentile of the trials finished so far (the ladder's figure before
+    any)."""
+    if not durations:
+        return ladder.proxy_trial_seconds
+    ordered = sorted(durations)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def may_start_trial(budget: dict, durations: list[float], ladder: Ladder, now: float | None = None) -> bool:
+    """FLAML's rule: one more proxy trial starts only when it ends before the proxy phase's end."""
+    now = time.time() if now is None else now
+    return now + trial_estimate(durations, ladder) <= budget["started"] + budget["proxy_until"]
+
+
+def left_s(budget: dict, now: float | None = None) -> float:
+    return budget["started"] + budget["seconds"] - (time.time() if now is None else now)
+
+
+def rung_run_estimate(ladder: Ladder, ref_seconds: float | None, ref_ips: float | None, ips: float | None) -> float:
+    """One rung run's seconds: the reference's rung run (once it is done, else the ladder's) times the reference's
+    proxy images/s over the pick's (as `search.rung.proxy_minutes` foretells a final)."""
+    base = ref_seconds or ladder.rung_run_seconds
+    return base * ref_ips / ips if ref_ips and ips else base
+
+
+def rung_gate(budget: dict, ladder: Ladder, run_s: float, now: float | None = None) -> str | None:
+    """Why a rung run of `run_s` seconds must not start (None: it may): it would end after the cheapest final must
+    begin."""
+    cheapest = min(ladder.rows, key=lambda r: r.total)
+    late = left_s(budget, now) - margin(budget["seconds"]) - cheapest.total * 60 - run_s
+    if late < 0:
+        return (f"the time budget: it would take about {say_minutes(run_s)}, and the cheapest final needs the "
+                f"{say_minutes(left_s(budget, now))} left")
+    return None
+
+
+def final_plan(ladder: Ladder, budget: dict, picks: dict[int, float | None], now: float | None = None) -> dict:
+    """The plan at the search's end: the minutes left and, for each pick at the rung (trial number -> its predicted
+    minutes at the ladder's default schedule, None when unknown), the schedule the rule gives it in them."""
+    left = left_s(budget, now) - margin(budget["seconds"]) / 2
+    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    schedules = {}
+    for number, minutes in picks.items():
+        factor = minutes / default.minutes if minutes else 1.0
+        row = choose_row(ladder, left / 60, factor) or min(ladder.rows, key=lambda r: r.total)
+        schedules[str(number)] = {"schedule": row.schedule, "minutes": round(row.total * factor, 1),
+                                  "val_f_mean": round(row.mean, 4), "source": row.source}
+    return {"minutes_left": round(left_s(budget, now) / 60, 1), "planned_from": round(left / 60, 1),
+            "ladder": str(ladder.path.name), "schedules": schedules, "budget_started": budget["started"]}

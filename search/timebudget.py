@@ -1,0 +1,200 @@
+"""`search.run --time-budget` in the study: the budget record, the questions the proxy workers and the rung ask
+before they start something, and the plan written at the search's end (the arithmetic is `search.plan`'s)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+
+from search.plan import (
+    BUDGET_ATTR,
+    PLAN_ATTR,
+    Ladder,
+    final_plan,
+    initial_plan,
+    left_s,
+    load_ladder,
+    margin,
+    may_start_trial,
+    rung_gate,
+    rung_run_estimate,
+    say_minutes,
+)
+from search.rung import MINUTES_ATTR, reference, rung_records
+
+
+def device_kind(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def ladder_of(budget: dict) -> Ladder:
+    return load_ladder(budget["device"])
+
+
+def new_budget(seconds: float, device: str, entries: int, rung_k: int, workers: int) -> dict:
+    """A budget starting now, with its up-front plan (a PlanError when it is too small or nothing is measured)."""
+    ladder = load_ladder(device_kind(device))
+    planned = initial_plan(ladder, seconds, entries, rung_k, workers)
+    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    return {"seconds": seconds, "started": time.time(), "device": ladder.device, **planned,
+            "final_schedule": ladder.default,  # the rung predicts each pick's final at it: its speed against the row
+            "final_minutes": planned["final_reserve_s"] / 60 - default.after_minutes}
+
+
+def describe(budget: dict) -> str:
+    started = time.strftime("%H:%M", time.localtime(budget["started"]))
+    until = time.strftime("%H:%M", time.localtime(budget["started"] + budget["proxy_until"]))
+    return (f"time budget {say_minutes(budget['seconds'])} from {started} for this search and train.final --study "
+            f"best: "
+            f"proxy trials until about {until}, then the second rung ({budget['rung_k']} picks, about "
+            f"{say_minutes(budget['rung_reserve_s'])}), then the final (planned {budget['final_target']}, about "
+            f"{say_minutes(budget['final_reserve_s'])}); {say_minutes(left_s(budget))} left")
+
+
+def finished_durations(study: optuna.Study, budget: dict) -> list[float]:
+    """Seconds of the proxy trials finished since the budget started (what one more will take is read from them)."""
+    return [t.duration.total_seconds() for t in study.get_trials(deepcopy=False)
+            if t.duration is not None and t.datetime_start.timestamp() >= budget["started"] - 1]
+
+
+def may_take_another(study: optuna.Study, budget: dict | None) -> bool:
+    """Whether a worker may start one more proxy trial under the budget (always without one)."""
+    return budget is None or may_start_trial(budget, finished_durations(study, budget), ladder_of(budget))
+
+
+def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
+    """Minutes the final can take at the device's default schedule once the rung's remaining runs are done: the
+    rung's time limit for picks (`--final-minutes`) under the budget."""
+    ladder = ladder_of(budget)
+    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    done = len(rung_records(study))
+    runs_left = max(0, (k + 2 if k else 1) - done)
+    left = left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.rung_run_seconds
+    return max(0.0, left / 60 - default.after_minutes)
+
+
+def gate(study: optuna.Study, budget: dict) -> Callable[[optuna.trial.FrozenTrial], str | None]:
+    """What the rung asks before each run: why it must not start under the budget (None: it may)."""
+    ladder = ladder_of(budget)
+
+    def ask(trial: optuna.trial.FrozenTrial) -> str | None:
+        ref = reference(study)
+        ref_record = rung_records(study).get(ref.number) if ref is not None else None
+        network = trial.user_attrs.get("recipe_stage", {}).get("network_of", trial.number)
+        ips = study.trials[network].user_attrs.get("train_images_per_s")
+        run_s = rung_run_estimate(ladder, ref_record and ref_record.get("seconds"),
+                                  ref.user_attrs.get("train_images_per_s") if ref is not None else None, ips)
+        return rung_gate(budget, ladder, run_s)
+    return ask
+
+
+def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict:
+    """The plan at the search's end: for each pick at the rung (else `fallback`, the proxy's best) the schedule its
+    final gets in the time left; the study records it and the rung's limit for picks becomes the plan's."""
+    ladder = ladder_of(budget)
+    records = rung_records(study)
+    picks = {n: r.get("final_minutes") for n, r in records.items()} or (
+        {fallback: None} if fallback is not None else {})
+    plan = final_plan(ladder, budget, picks)
+    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    study.set_user_attr(PLAN_ATTR, plan)
+    study.set_user_attr(MINUTES_ATTR, max(0.0, plan["planned_from"] - default.after_minutes))
+    return plan
+
+
+def plan_lines(study: optuna.Study) -> list[str]:
+    """The summary's lines for the recorded plan (none without a budget)."""
+    budget, plan = study.user_attrs.get(BUDGET_ATTR), study.user_attrs.get(PLAN_ATTR)
+    if not budget or not plan:
+        return []
+    lines = [f"time budget {say_minutes(budget['seconds'])}: {plan['minutes_left']:.0f} min left at the search's end "
+             f"for train.final --study best; its schedule by the ladder ({plan['ladder']}), per pick:"]
+    lines += [f"  #{n}: {p['schedule']} (about {p['minutes']:.0f} min; ladder mean val F {p['val_f_mean']:.4f})"
+              for n, p in plan["schedules"].items()]
+    return lines
+
+
+def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) -> dict:
+    """What the planner would do with `budget_s` on a finished study, planning only: the study's proxy trials in
+    their order and with their durations, run by `workers` processes while one more fits; the rung's recorded runs,
+    each only when it ends in time; then the final's schedule for the rung's pick. The picks are the study's own (a
+    shorter proxy phase could have promoted others: the replay cannot know which)."""
+    ladder = load_ladder(device_kind(study.user_attrs.get("proxy", {}).get("device", "cpu")))
+    entries = sum("portfolio" in t.user_attrs for t in study.trials)
+    up_front = initial_plan(ladder, budget_s, entries, rung_k, workers)
+    budget = {"seconds": budget_s, "started": 0.0, **up_front}
+    durations = [t.duration.total_seconds() for t in study.trials
+                 if t.duration is not None and "recipe_stage" not in t.user_attrs]
+    free, done, ran = [0.0] * workers, [], 0
+    for seconds in durations:  # each trial goes to the worker that is free first
+        w = min(range(workers), key=lambda i: free[i])
+        if not may_start_trial(budget, done, ladder, now=free[w]):
+            break
+        free[w] += seconds
+        done.append(seconds)
+        ran += 1
+    now = max(free) if ran else 0.0
+    def proxied(n: int) -> bool:  # its network had its proxy trial within the replayed proxy phase
+        return study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n) < ran
+
+    records = {n: r for n, r in rung_records(study).items() if proxied(n)}
+    ref = reference(study)
+    order = sorted(records, key=lambda n: (ref is None or n != ref.number, n))
+    trained = {}
+    for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 1]:
+        seconds = records[n]["seconds"]
+        if rung_gate(budget, ladder, seconds, now=now) is None:
+            now += seconds
+            trained[n] = records[n]
+    pick = max(trained, key=lambda n: trained[n]["f"]) if trained else None
+    made = final_plan(ladder, budget, {pick: trained[pick].get("final_minutes")} if pick is not None else {0: None},
+                      now=now)
+    (entry,) = made["schedules"].values()
+    return {"budget_s": budget_s, "proxy_trials": ran, "proxy_s": max(free) if ran else 0.0,
+            "rung_runs": len(trained), "search_s": now, "pick": pick, **entry,
+            "final_target": up_front["final_target"], "minutes_left": made["minutes_left"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from search.plan import PlanError, parse_duration
+    from search.storage import StorageError, load_existing_study
+    from train.cli import parser
+
+    p = parser("python -m search.timebudget", "`python -m search.timebudget --study S --storage F --budgets 1h 3h`: "
+               "the plans a time budget would make on a finished study (planning only, no training).")
+    g = p.add_argument_group("study and budgets")
+    g.add_argument("--study", required=True, help="a finished study (proxy trials and a second rung)")
+    g.add_argument("--storage", required=True, help="its Optuna storage URL or journal file")
+    g.add_argument("--budgets", nargs="+", default=["1h", "2h", "3h", "6h"], help="budgets to plan")
+    g.add_argument("--workers", type=int, default=2, help="search processes the replay runs the proxy trials on")
+    args = p.parse_args(argv)
+    try:
+        study = load_existing_study(args.storage, args.study)
+        rows = []
+        for text in args.budgets:
+            try:
+                rows.append(replay(study, parse_duration(text), args.workers))
+            except PlanError as e:
+                rows.append({"budget_s": parse_duration(text), "refused": str(e)})
+    except (ValueError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("| budget | proxy trials (time) | rung runs | search | pick | final's schedule (predicted) | whole flow |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "refused" in r:
+            print(f"| {say_minutes(r['budget_s'])} | refused: {r['refused']} | | | | | |")
+            continue
+        whole = r["search_s"] / 60 + r["minutes"]
+        print(f"| {say_minutes(r['budget_s'])} | {r['proxy_trials']} ({r['proxy_s'] / 60:.0f} min) | {r['rung_runs']} "
+              f"| {r['search_s'] / 60:.0f} min | #{r['pick']} | {r['schedule']} ({r['minutes']:.0f} min; ladder mean "
+              f"{r['val_f_mean']:.4f}) | {whole:.0f} min |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
