@@ -35,7 +35,9 @@ LADDERS = Path(__file__).parent / "ladders"  # FACENAS_LADDERS names another fol
 BUDGET_ATTR = "time_budget"  # study user attr: {"seconds", "started", "device", "proxy_until", "rung_k", ...}
 PLAN_ATTR = "time_plan"  # study user attr: the plan at the search's end (train.final follows it)
 MARGIN = 0.02  # share of the budget kept back for what the estimates miss (start-up, writes, a slow trial)
-MIN_MARGIN_S = 10.0
+MIN_MARGIN_S = 30.0
+SEARCHED_MIN = 10  # searched proxy trials the smallest search runs beside the portfolio (TPE's random start-up)
+SEARCHED_PER_PICK = 5  # and this many more per pick the rung promotes
 
 
 class PlanError(ValueError):
@@ -134,27 +136,40 @@ def margin(budget_s: float) -> float:
     return max(MIN_MARGIN_S, MARGIN * budget_s)
 
 
+def proxy_minimum(ladder: Ladder, entries: int, k: int, workers: int = 1) -> float:
+    """The smallest proxy phase worth a rung of `k` picks: the portfolio's entries and SEARCHED_MIN searched trials,
+    SEARCHED_PER_PICK more per pick, at the ladder's seconds a trial, on `workers` processes."""
+    trials = entries + SEARCHED_MIN + SEARCHED_PER_PICK * k
+    return math.ceil(trials / max(1, workers)) * ladder.proxy_trial_seconds
+
+
+def rung_reserve(ladder: Ladder, k: int) -> float:
+    """The rung's seconds for `k` picks: theirs, the reference's and the recipe stage's (none without picks: the
+    rung is off, and train.final retrains the proxy's best)."""
+    return (k + 2) * ladder.rung_run_seconds if k else 0.0
+
+
 def initial_plan(ladder: Ladder, budget_s: float, entries: int, rung_k: int, workers: int = 1) -> dict:
     """The plan before any trial: the final's target row, the rung's promoted count and reserve, and when the proxy
-    phase must end (seconds from the start). The smallest search is the portfolio's entries (they are trained
-    first) and the reference's rung run; the rung promotes fewer picks when the budget is short."""
-    cheapest = min(ladder.rows, key=lambda r: r.total)
-    entries_s = math.ceil(entries / max(1, workers)) * ladder.proxy_trial_seconds
-    smallest = entries_s + ladder.rung_run_seconds + cheapest.total * 60 + margin(budget_s)
-    if budget_s < smallest:
-        raise PlanError(f"--time-budget {say_minutes(budget_s)}: too small here: the portfolio's proxy trials, the "
-                        f"reference's rung run and the cheapest final ({cheapest.schedule}, about "
-                        f"{cheapest.total:.0f} min, {ladder.path.name}) need about {say_minutes(smallest)}; give at "
-                        f"least {math.ceil(smallest / 60)}m")
-    for k in range(rung_k, -1, -1):  # the reference, k picks and the recipe stage
-        rung_s = (k + 2 if k else 1) * ladder.rung_run_seconds
-        room = budget_s - margin(budget_s) - entries_s - rung_s
+    phase must end (seconds from the start). The rung promotes fewer picks (none at the least) when the budget is
+    short; whatever it promotes, the proxy phase keeps at least `proxy_minimum` of searched trials."""
+    for k in range(rung_k, -1, -1):
+        rung_s = rung_reserve(ladder, k)
+        room = budget_s - margin(budget_s) - rung_s - proxy_minimum(ladder, entries, k, workers)
         target = choose_row(ladder, room / 60)
         if target is not None:
             return {"rung_k": k, "rung_reserve_s": rung_s, "final_target": target.schedule,
                     "final_reserve_s": target.total * 60,
                     "proxy_until": budget_s - margin(budget_s) - rung_s - target.total * 60}
-    raise AssertionError("unreachable: the smallest budget fits k = 0")
+    cheapest = min(ladder.rows, key=lambda r: r.total)
+    base = proxy_minimum(ladder, entries, 0, workers) + cheapest.total * 60
+    smallest = base
+    for _ in range(5):  # the margin grows with the budget
+        smallest = base + margin(smallest)
+    raise PlanError(f"--time-budget {say_minutes(budget_s)}: too small here: the portfolio and "
+                    f"{SEARCHED_MIN} searched proxy trials, and the cheapest final ({cheapest.schedule}, about "
+                    f"{cheapest.total:.0f} min, {ladder.path.name}), need about {say_minutes(smallest)}; give at least "
+                    f"{math.ceil(smallest / 60)}m")
 
 
 def trial_estimate(durations: list[float], ladder: Ladder) -> float:
@@ -187,10 +202,10 @@ def rung_gate(budget: dict, ladder: Ladder, run_s: float, now: float | None = No
     """Why a rung run of `run_s` seconds must not start (None: it may): it would end after the cheapest final must
     begin."""
     cheapest = min(ladder.rows, key=lambda r: r.total)
-    late = left_s(budget, now) - margin(budget["seconds"]) - cheapest.total * 60 - run_s
-    if late < 0:
-        return (f"the time budget: it would take about {say_minutes(run_s)}, and the cheapest final needs the "
-                f"{say_minutes(left_s(budget, now))} left")
+    room = left_s(budget, now) - margin(budget["seconds"]) - cheapest.total * 60
+    if room < run_s:
+        return (f"the time budget: it would take about {say_minutes(run_s)}, and {say_minutes(room)} remain before "
+                f"the cheapest final ({cheapest.schedule}, about {cheapest.total:.0f} min) must start")
     return None
 
 
@@ -205,5 +220,5 @@ def final_plan(ladder: Ladder, budget: dict, picks: dict[int, float | None], now
         row = choose_row(ladder, left / 60, factor) or min(ladder.rows, key=lambda r: r.total)
         schedules[str(number)] = {"schedule": row.schedule, "minutes": round(row.total * factor, 1),
                                   "val_f_mean": round(row.mean, 4), "source": row.source}
-    return {"minutes_left": round(left_s(budget, now) / 60, 1), "planned_from": round(left / 60, 1),
+    return {"minutes_left": round(max(0.0, left_s(budget, now)) / 60, 1), "planned_from": round(max(0.0, left) / 60, 1),
             "ladder": str(ladder.path.name), "schedules": schedules, "budget_started": budget["started"]}

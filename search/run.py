@@ -38,16 +38,16 @@ from search.settings import (
 from search.storage import StorageError, open_storage, require_study, storage_exists
 from search.summary import save_dashboard_note, summary
 from search.timebudget import describe as describe_budget
-from search.timebudget import gate, may_take_another, new_budget, record_plan, rung_limit
+from search.timebudget import gate, may_take_another, new_budget, proxy_end_note, record_plan, rung_limit
 from search.workers import fail_dead_trials, retry_once, take_trial, this_worker
 from space.budget import count_flops
 from space.config import BUDGET
-from space.portfolio import Entry
+from space.portfolio import PORTFOLIO, Entry, load_portfolio
 from space.presets import PRESETS
 from space.sample import ADDED_PARAMS, InCapSampler, SpaceError, sample_config
 from train.accel import share_memory
 from train.data import DataError, Split, SplitCache, load_split
-from train.infer import pick_device, predict_logits
+from train.infer import device_defaults, pick_device, predict_logits
 from train.loop import fit_new, proxy_signals
 from train.schedule import Stage
 from train.visual import prediction_grid
@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         proxy_s = time.time() - t0
         if args.trials:
             print(f"\n{ran} trials in {proxy_s:.0f} s (this command's; other processes on the study count their own)")
+        if args.trials and s.time_budget and ran < args.trials:
+            print(f"search: {proxy_end_note(s.time_budget, ran)}", flush=True)
         if rung.k:
             study.set_user_attr(PENDING_ATTR, dataclasses.asdict(rung))  # the proxy phase is over: the rung is due
     rung_s = second_rung(s, rung) if rung.k else 0.0
@@ -325,16 +327,15 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, optuna.storages.BaseSto
     """Every check that can refuse the command, in one line and before anything is written: the flags, the
     settings (a resumed study's own where a flag is left out), the data, the storage and the study."""
     validate(args)
+    given = given_budget(args)  # refused here when too small: before the data folder is resolved or generated
     storage = open_storage(args.storage, heartbeat=args.heartbeat) if storage_exists(args.storage) else None
     recorded = recorded_attrs(storage, study_name(args))
     s = settings_from_args(args, recorded)
+    apply_budget(s, args, given or recorded.get(BUDGET_ATTR))
     if not args.trials and not s.rung_k:
         raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
                          "device's default: 0 on CUDA): give --rung K")
     s.fixed = fixed_params(args, storage)
-    s.time_budget = recorded.get(BUDGET_ATTR) if args.time_budget is None else new_budget(
-        parse_duration(args.time_budget), s.device, 0 if recorded.get("proxy") else len(s.portfolio), s.rung_k,
-        args.workers)
     data = load_data(s)  # validates every file: fail fast on a bad folder, before anything is written
     storage = storage or open_storage(s.storage, heartbeat=s.heartbeat, must_exist=not args.trials)
     if not args.trials:  # only the rung: on a study that has trials, nothing created
@@ -358,7 +359,6 @@ def begin(study: optuna.Study, storage: optuna.storages.BaseStorage, s: Settings
     record_settings(study, s)  # before the portfolio: a process started together that sees trials sees them
     if s.time_budget:
         study.set_user_attr(BUDGET_ATTR, s.time_budget)
-        s.rung_k, s.final_schedule = s.time_budget["rung_k"], s.time_budget["final_schedule"]
     dropped = enter_portfolio(study, storage, s, given=given_portfolio)
     print(f"search: study {s.study!r} in {s.storage} ({finished} trials so far); data {s.data}; "
           f"proxy {s.proxy_size} px x {s.proxy_epochs} epochs on {s.subset:.0%} of train, scored by {s.signal}; "
@@ -388,6 +388,31 @@ def second_rung(s: Settings, rung: RungSetting) -> float | None:
         print("\ninterrupted during the second rung: finished rung runs are saved; the same command finishes "
               "the rung (and adds no proxy trials)", file=sys.stderr)
         return None
+
+
+def given_budget(args: argparse.Namespace) -> dict | None:
+    """A new time budget from --time-budget, starting now (None without the flag); a PlanError when it is too
+    small for this device's ladder."""
+    if args.time_budget is None:
+        return None
+    device = pick_device(args.device)
+    rung_k = device_defaults(device)["rung_k"] if args.rung is None else args.rung
+    entries = len(load_portfolio(args.portfolio) if args.portfolio else PORTFOLIO)
+    return new_budget(parse_duration(args.time_budget), str(device), entries, rung_k, args.workers)
+
+
+def apply_budget(s: Settings, args: argparse.Namespace, budget: dict | None) -> None:
+    """Settings under a budget (a new one, or the one a resumed study recorded): the rung's picks and the schedule
+    it predicts finals at are the plan's (--rung still decides), and --final-minutes is the plan's to set."""
+    s.time_budget = budget
+    if not budget:
+        return
+    if args.final_minutes is not None:
+        raise ValueError(f"--final-minutes with a time budget (study {s.study!r} runs under one): the plan sets the "
+                         f"final's minutes; give --time-budget to plan anew instead")
+    s.final_schedule = budget["final_schedule"]
+    if args.rung is None:
+        s.rung_k = budget["rung_k"]
 
 
 def best_proxy(study: optuna.Study) -> int | None:

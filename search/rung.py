@@ -51,6 +51,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search.plan import BUDGET_ATTR
 from search.storage import CLAIMS_SUFFIX
 from search.workers import gone, this_worker
 from space.sample import ADDED_PARAMS, as_trial, recipe_params, replay
@@ -217,12 +218,13 @@ def rung_records(study: optuna.Study, setting: RungSetting | None = None) -> dic
 
 def finished(study: optuna.Study, setting: RungSetting) -> set[int]:
     """The trials whose rung run at `setting` is done: trained, failed MAX_ATTEMPTS times, skipped for the time
-    budget, or redirected to the
+    budget the study runs under (a new budget may train it), or redirected to the
     reference's recipe while their foretold minutes are over the study's limit (a limit raised above them since
     sends them to the rung at their own recipe)."""
-    limit = study.user_attrs.get(MINUTES_ATTR)
+    limit, budget = study.user_attrs.get(MINUTES_ATTR), (study.user_attrs.get(BUDGET_ATTR) or {}).get("started")
     return {n for n, r in _records(study, setting).items()
-            if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS or "skipped" in r
+            if "f" in r or r.get("attempts", 0) >= MAX_ATTEMPTS
+            or ("skipped" in r and r.get("budget_started") == budget)
             or ("redirected" in r and limit is not None and r["redirected"]["predicted_minutes"] > limit)}
 
 
@@ -519,7 +521,9 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
     for trial in runs:
         if trial.number in finished(study, setting):
             if not skip_done:
-                say(f"rung 2: trial {trial.number} already done at this setting")
+                skipped = "skipped" in _records(study, setting).get(trial.number, {})
+                say(f"rung 2: trial {trial.number} " + ("not trained under this time budget (a new --time-budget "
+                                                        "may train it)" if skipped else "already done at this setting"))
             continue
         claim = _take(claims, trial, setting, say)
         if claim is None:
@@ -539,9 +543,10 @@ def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                 if claim is None:
                     continue
         reason = gate(trial) if gate is not None else None
-        if reason is not None:  # recorded as done: the rung finishes without it
+        if reason is not None:  # done under this budget: the rung finishes without it
             study.set_user_attr(f"{RUNG_ATTR}:{trial.number}:{setting.id}", {
-                "skipped": reason, "proxy_f": trial.value, **dataclasses.asdict(setting)})
+                "skipped": reason, "proxy_f": trial.value, **dataclasses.asdict(setting),
+                "budget_started": (study.user_attrs.get(BUDGET_ATTR) or {}).get("started")})
             claims.release(claim, TrialState.FAIL)
             say(f"rung 2: trial {name_of(trial)} not trained: {reason}")
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import optuna
 
-from search.rung import name_of, proxy_text, redirect_notes, reference_number, rung_records, verdict
+from search.rung import MINUTES_ATTR, name_of, proxy_text, redirect_notes, reference_number, rung_records, verdict
 from search.settings import Settings
 from search.storage import DEFAULT_STORAGE
 from search.timebudget import plan_lines
@@ -32,9 +32,9 @@ def summary(study: optuna.Study, s: Settings) -> str:
         lines += ["  " + describe(t) + (f" rung2_F={rung[t.number]['f']:.4f}" if t.number in rung else "")
                   for t in done[:5]]
     if rung:
-        ref = reference_number(study, rung)
+        ref, limit = reference_number(study, rung), study.user_attrs.get(MINUTES_ATTR)
         lines.append(f"second rung ({len(rung)} trials), train.final predicted at {s.final_schedule}"
-                     + (f", picks over {s.final_minutes:g} min left out" if s.final_minutes else "") + ":")
+                     + (f", picks over {limit:.3g} min left out" if limit is not None else "") + ":")
         lines += [f"  {name_of(study.trials[n])}: proxy F {proxy_text(r['proxy_f'])} -> rung-2 F {r['f']:.4f}, "
                   + (f"{r['final_minutes']:.0f} min" if r.get("final_minutes") else "time not recorded")
                   + (" (the reference)" if n == ref else "")

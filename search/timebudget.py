@@ -22,7 +22,7 @@ from search.plan import (
     rung_run_estimate,
     say_minutes,
 )
-from search.rung import MINUTES_ATTR, reference, rung_records
+from search.rung import MINUTES_ATTR, current_setting, reference, rung_records
 
 
 def device_kind(device: str) -> str:
@@ -48,8 +48,11 @@ def describe(budget: dict) -> str:
     until = time.strftime("%H:%M", time.localtime(budget["started"] + budget["proxy_until"]))
     return (f"time budget {say_minutes(budget['seconds'])} from {started} for this search and train.final --study "
             f"best: "
-            f"proxy trials until about {until}, then the second rung ({budget['rung_k']} picks, about "
-            f"{say_minutes(budget['rung_reserve_s'])}), then the final (planned {budget['final_target']}, about "
+            f"proxy trials until about {until}, then "
+            + (f"the second rung ({budget['rung_k']} pick{'s' if budget['rung_k'] > 1 else ''}, about "
+               f"{say_minutes(budget['rung_reserve_s'])}), then "
+               if budget["rung_k"] else "no second rung (the budget is short: the proxy's best is retrained), ")
+            + f"the final (planned {budget['final_target']}, about "
             f"{say_minutes(budget['final_reserve_s'])}); {say_minutes(left_s(budget))} left")
 
 
@@ -60,8 +63,21 @@ def finished_durations(study: optuna.Study, budget: dict) -> list[float]:
 
 
 def may_take_another(study: optuna.Study, budget: dict | None) -> bool:
-    """Whether a worker may start one more proxy trial under the budget (always without one)."""
-    return budget is None or may_start_trial(budget, finished_durations(study, budget), ladder_of(budget))
+    """Whether a worker may start one more proxy trial under the budget (always without one; always while a
+    portfolio entry waits: the plan reserved their time, and the rung's reference is one of them)."""
+    if budget is None or any("portfolio" in t.user_attrs for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING,))):
+        return True
+    return may_start_trial(budget, finished_durations(study, budget), ladder_of(budget))
+
+
+def proxy_end_note(budget: dict, ran: int) -> str:
+    """Why the proxy phase ended before --trials under the budget."""
+    end = time.strftime("%H:%M", time.localtime(budget["started"] + budget["proxy_until"]))
+    head = f"time budget: the proxy phase ends here ({ran} trials in this command; the plan ended it at {end})"
+    if left_s(budget) <= 0:
+        return head + "; the budget is spent: give --time-budget again for a new one"
+    return head + f"; {say_minutes(left_s(budget))} left for the rung and the final"
 
 
 def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
@@ -70,7 +86,7 @@ def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
     ladder = ladder_of(budget)
     default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
     done = len(rung_records(study))
-    runs_left = max(0, (k + 2 if k else 1) - done)
+    runs_left = max(0, (k + 2 if k else 0) - done)
     left = left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.rung_run_seconds
     return max(0.0, left / 60 - default.after_minutes)
 
@@ -104,15 +120,27 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
     return plan
 
 
+def skipped_runs(study: optuna.Study) -> dict[int, dict]:
+    """The rung runs at the study's rung setting that a time budget did not let start."""
+    setting = current_setting(study)
+    suffix = f":{setting.id}" if setting else None
+    return {int(k.split(":")[1]): v for k, v in study.user_attrs.items()
+            if suffix and k.startswith("rung2:") and k.endswith(suffix) and "skipped" in v}
+
+
 def plan_lines(study: optuna.Study) -> list[str]:
     """The summary's lines for the recorded plan (none without a budget)."""
     budget, plan = study.user_attrs.get(BUDGET_ATTR), study.user_attrs.get(PLAN_ATTR)
     if not budget or not plan:
         return []
-    lines = [f"time budget {say_minutes(budget['seconds'])}: {plan['minutes_left']:.0f} min left at the search's end "
-             f"for train.final --study best; its schedule by the ladder ({plan['ladder']}), per pick:"]
+    lines = [f"time budget {say_minutes(budget['seconds'])}: {say_minutes(plan['minutes_left'] * 60)} left at the "
+             f"search's end for train.final --study best; its schedule by the ladder ({plan['ladder']}), per pick:"]
     lines += [f"  #{n}: {p['schedule']} (about {p['minutes']:.0f} min; ladder mean val F {p['val_f_mean']:.4f})"
               for n, p in plan["schedules"].items()]
+    skipped = sorted(n for n, r in skipped_runs(study).items() if r.get("budget_started") == budget["started"])
+    if skipped:
+        lines.append(f"  not trained at the rung for the time budget: {', '.join(f'#{n}' for n in skipped)}; run "
+                     f"the command again with --time-budget to train them in a new budget")
     return lines
 
 
@@ -143,7 +171,7 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
     ref = reference(study)
     order = sorted(records, key=lambda n: (ref is None or n != ref.number, n))
     trained = {}
-    for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 1]:
+    for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 0]:
         seconds = records[n]["seconds"]
         if rung_gate(budget, ladder, seconds, now=now) is None:
             now += seconds
@@ -173,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--workers", type=int, default=2, help="search processes the replay runs the proxy trials on")
     args = p.parse_args(argv)
     try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
         study = load_existing_study(args.storage, args.study)
         rows = []
         for text in args.budgets:

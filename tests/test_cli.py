@@ -73,3 +73,9 @@ def test_renamed_flags_land_where_the_new_ones_do():
     old = export.parse_args(["--weights", "w", "--size", "64", "--runs", "5"])
     assert (old.input_size, old.repeats) == (64, 5)
     assert export.parse_args(["--weights", "w"]).repeats == 10
+
+
+def test_a_zero_default_is_shown_and_a_none_default_is_not(monkeypatch):
+    text = parser_of("train.final", monkeypatch).format_help()
+    seed = text.split("\n  --seed SEED")[1].split("\n  --")[0]
+    assert "(default: 0)" in " ".join(seed.split())

@@ -109,8 +109,14 @@ def test_a_budget_too_small_is_refused_before_anything_is_written(tiny_data, tmp
     res = run_cli(*_flow_args(tiny_data, str(tmp_path / "s.journal"), tmp_path / "art", "--time-budget", "20s"),
                   cwd=tmp_path)
     assert res.returncode == 2 and "--time-budget 20 s: too small here" in res.stderr, res.stderr
-    assert "give at least 1m" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "give at least 2m" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "s.journal").exists() and not (tmp_path / "art").exists()
+    bare = run_cli("search.run", "--storage", str(tmp_path / "s.journal"), "--device", "cpu", "--time-budget", "20s",
+                   cwd=tmp_path)  # no --data: the refusal comes before the synthetic faces would be generated
+    assert bare.returncode == 2 and "too small here" in bare.stderr and not (tmp_path / "data").exists()
+    replay = run_cli("search.timebudget", "--study", "t", "--storage", str(tmp_path / "none.journal"), "--workers",
+                     "0", cwd=tmp_path)
+    assert replay.returncode == 2 and replay.stderr.startswith("error: --workers must be >= 1"), replay.stderr
     res = run_cli(*_flow_args(tiny_data, str(tmp_path / "s.journal"), tmp_path / "art", "--time-budget", "2h",
                               "--final-minutes", "30"), cwd=tmp_path)
     assert res.returncode == 2 and "the budget's plan sets the final's minutes" in res.stderr
@@ -127,7 +133,7 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from tests.test_reliability import load, wait_mid_trial
 
-    wait_mid_trial(storage, "t", min_number=2)
+    wait_mid_trial(storage, "t", min_number=1)  # a proposal (the portfolio's entry is #0)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
     assert "time budget 2 min 00 s from" in out and "of the budget left" in out, out[-2000:]
@@ -152,3 +158,75 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
                            timeout=300)
     assert again.returncode == 0 and load(storage, "t").user_attrs[plan.PLAN_ATTR] == made  # nothing new: kept
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+
+
+def test_a_short_budget_turns_the_rung_off_and_reserves_nothing_for_it():
+    short = plan.initial_plan(LADDER, 45 * 60, entries=4, rung_k=3)
+    assert short["rung_k"] == 0 and short["rung_reserve_s"] == 0.0
+    from search.timebudget import describe
+
+    said = describe({**short, "seconds": 45 * 60.0, "started": time.time()})
+    assert "no second rung" in said and "picks" not in said
+
+
+def test_every_plan_keeps_a_proxy_phase_worth_its_rung():
+    """More budget never leaves the search with the portfolio alone (the review found 1 h planning 90 s of proxy
+    trials, the portfolio's, while 55 min planned 14 min)."""
+    for workers in (1, 2):
+        for minutes in range(40, 400, 5):
+            try:
+                made = plan.initial_plan(LADDER, minutes * 60, entries=4, rung_k=3, workers=workers)
+            except PlanError:
+                continue
+            floor = plan.proxy_minimum(LADDER, 4, made["rung_k"], workers)
+            assert made["proxy_until"] >= floor - 1e-6, (minutes, workers, made)
+
+
+def test_a_run_the_budget_skipped_is_trained_under_a_new_budget(monkeypatch):
+    import search.rung as rung_mod
+    from search.rung import RungSetting, rung_records
+    from tests.test_rung import _fake_train_at, _lever_study
+
+    study = _lever_study()
+    study.set_user_attr(plan.BUDGET_ATTR, {"started": 1.0})
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    setting = RungSetting(2, "32:2", 1.0, "last_f", 0)
+    lines = []
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append,
+                      gate=lambda trial: "the time budget: test" if trial.number == 1 else None)
+    assert 1 not in calls and 1 not in rung_records(study) and not rung_mod.unfinished(study, setting)
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)  # the same budget: still done
+    assert 1 not in calls and any("not trained under this time budget" in line for line in lines)
+    study.set_user_attr(plan.BUDGET_ATTR, {"started": 2.0})  # --time-budget given again
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lines.append)
+    assert 1 in calls and 1 in rung_records(study)
+
+
+def test_a_resumed_budget_keeps_the_rung_flag_and_refuses_final_minutes(tmp_path):
+    import argparse
+
+    from search.run import Settings, apply_budget
+
+    budget = {"rung_k": 1, "final_schedule": "32:2"}
+    s = Settings(data=tmp_path, study="t", storage="x", artifact_dir=tmp_path, proxy_size=32, proxy_epochs=1,
+                 subset=1.0, sampler="tpe", pruner="none", seed=0, device="cpu", loader_workers=0, rung_k=3)
+    s.rung_k = 0  # settings_from_args took --rung 0
+    apply_budget(s, argparse.Namespace(final_minutes=None, rung=0), budget)
+    assert s.rung_k == 0 and s.final_schedule == "32:2"  # --rung 0 leaves the rung, as without a budget
+    apply_budget(s, argparse.Namespace(final_minutes=None, rung=None), budget)
+    assert s.rung_k == 1
+    with pytest.raises(ValueError, match="--final-minutes with a time budget"):
+        apply_budget(s, argparse.Namespace(final_minutes=30.0, rung=None), budget)
+
+
+def test_the_portfolio_always_trains_and_a_spent_budget_says_so():
+    from search.timebudget import may_take_another, proxy_end_note
+
+    spent = {"started": time.time() - 3600, "seconds": 600.0, "proxy_until": 60.0, "device": "cpu"}
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1}, user_attrs={"portfolio": "a"})
+    assert may_take_another(study, spent)  # its time was reserved: it trains even late
+    study.tell(study.ask(), 0.5)
+    assert not may_take_another(study, spent)
+    assert "the budget is spent: give --time-budget again" in proxy_end_note(spent, 0)
