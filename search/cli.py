@@ -16,6 +16,8 @@ DOC = "`python -m search.run --trials 100`: the architecture search (proxy trial
 EPILOG = ("A trial whose loss becomes NaN/inf or that runs out of memory is marked FAIL and the search goes on; any "
           "other exception is a bug and ends the run with its traceback (finished trials stay in the study). "
           "Re-running the same command resumes the study. Details: docs/search.md.")
+DEFAULT_TRIALS = 100  # --trials without a time budget (with one, the budget decides)
+UNLIMITED_TRIALS = 2**31 - 1  # "as many as the budget allows" (the workers share the count in a 32-bit value)
 OVER_LIMIT_DEFAULT = "reference"  # search.rung's rule for picks foretold over --final-minutes (RungSetting.over_limit):
 # on both CPU flow studies it shipped the same pick as "own" in 12 and 24 fewer rung minutes (docs/results.md)
 
@@ -33,9 +35,9 @@ def _data_and_storage(g: argparse._ArgumentGroup) -> None:
 
 
 def _proxy(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--trials", type=int, default=100,
-                   help="proxy trials to run in this invocation (a maximum); 0 = none, only the second rung on the "
-                        "study's trials")
+    g.add_argument("--trials", type=int, default=None,
+                   help=f"proxy trials to run in this invocation, a maximum (default {DEFAULT_TRIALS}; with "
+                        "--time-budget, as many as the budget allows); 0 = none, only the second rung")
     g.add_argument("--proxy-size", type=int, default=None, help="proxy resolution in px (default 64 CPU, 256 CUDA)")
     g.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy trial (default 4 CPU, 12 CUDA)")
     g.add_argument("--subset", type=float, default=None,

@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.cli import parse_args, validate
+from search.cli import DEFAULT_TRIALS, UNLIMITED_TRIALS, parse_args, validate
 from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, parse_duration, say_minutes
 from search.rung import FAILURES, MINUTES_ATTR, PENDING_ATTR, RungSetting, run_rung
 from search.settings import (
@@ -332,6 +332,8 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, optuna.storages.BaseSto
     recorded = recorded_attrs(storage, study_name(args))
     s = settings_from_args(args, recorded)
     apply_budget(s, args, given or recorded.get(BUDGET_ATTR))
+    if args.trials is None:
+        args.trials = UNLIMITED_TRIALS if s.time_budget else DEFAULT_TRIALS
     if not args.trials and not s.rung_k:
         raise ValueError("--trials 0 runs only the second rung, and the rung is off here (--rung 0, or the "
                          "device's default: 0 on CUDA): give --rung K")

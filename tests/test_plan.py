@@ -95,7 +95,7 @@ def test_a_ladder_without_measured_rows_refuses_a_budget(tmp_path):
 def _flow_args(data: Path, storage: str, art: Path, *extra: str) -> list[str]:
     return ["search.run", "--data", str(data), "--storage", storage, "--study", "t", "--artifact-dir", str(art),
             "--proxy-size", "32", "--proxy-epochs", "2", "--subset", "1", "--device", "cpu", "--rung", "1",
-            "--rung-size", "32:1", "--portfolio", str(_portfolio(art.parent)), "--trials", "60", *extra]
+            "--rung-size", "32:1", "--portfolio", str(_portfolio(art.parent)), *extra]  # no --trials: the budget decides
 
 
 def _portfolio(folder: Path) -> Path:
@@ -141,6 +141,7 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
     res = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "search: time budget: the proxy phase ends here" in res.stdout  # --trials unset: the budget ended it
     study = load(storage, "t")
     assert study.user_attrs[plan.BUDGET_ATTR] == before  # the resume kept the budget and its start
     made = study.user_attrs[plan.PLAN_ATTR]
