@@ -5,7 +5,8 @@ For each schedule with finished seeds: val F per seed (without TTA, as train.fin
 prediction setting the final chose (flip TTA), the minutes `bench.schedule` predicts alone on two threads (from the
 per-size seconds the ladder file records), the side-by-side wall time, and the after-training minutes (what
 train.final does after its last epoch), scaled from side by side to alone by the run's predicted over its measured
-training time. Time a run spent stopped for other measurements (runs/ladder/pauses.txt) is left out.
+training time. Time a run spent stopped for other measurements (runs/ladder/pauses.txt) is left out; a wall time
+marked ~ is estimated (a run stopped by a restart: see wall_seconds).
 """
 
 from __future__ import annotations
@@ -33,10 +34,23 @@ def predicted_minutes(schedule: str, seconds: dict) -> float:
     return total / 60
 
 
-def wall_seconds(log: Path) -> float | None:
-    """The run's wall time: the sum of the `wall N s` lines /usr/bin/time wrote (one per invocation: resumes add)."""
-    found = re.findall(r"^wall ([0-9.]+) s$", log.read_text(), flags=re.M) if log.exists() else []
-    return sum(float(v) for v in found) or None
+def wall_seconds(run: Path, fit_seconds: float | None) -> tuple[float | None, bool]:
+    """The run's wall time and whether it is estimated. Timed in full, it is the sum of the `wall N s` lines
+    /usr/bin/time wrote (one per invocation: resumes add). When an invocation was stopped before it could write its
+    line (the machine restarted), the last invocation's after-training time (its wall less the training it did: the
+    cumulative `seconds` of history.csv less those before its resume) is added to the whole run's training seconds."""
+    log = run / "log"
+    text = log.read_text() if log.exists() else ""
+    walls = [float(v) for v in re.findall(r"^wall ([0-9.]+) s$", text, flags=re.M)]
+    if len(re.findall(r"^training: ", text, flags=re.M)) <= len(walls):
+        return sum(walls) or None, False
+    resumed = re.findall(r"^resuming from .* at epoch (\d+)/", text.rsplit("\ntraining: ", 1)[-1], flags=re.M)
+    if not walls or not fit_seconds or not resumed or not (run / "history.csv").exists():
+        return None, True
+    before = {int(row.split(",")[0]): float(row.split(",")[4])
+              for row in (run / "history.csv").read_text().splitlines()[1:] if row}
+    trained = fit_seconds - before.get(int(resumed[-1]) - 1, 0.0)
+    return fit_seconds + walls[-1] - trained, True
 
 
 def paused_seconds(folder: Path, run: Path) -> float:
@@ -61,10 +75,10 @@ def rows(folder: Path, seconds: dict) -> list[dict]:
     for final in sorted(folder.glob("*/final.json")):
         record = json.loads(final.read_text())
         pause = paused_seconds(folder, final.parent)
-        wall = wall_seconds(final.parent / "log")
+        wall, estimated = wall_seconds(final.parent, record["fit_seconds"])
         runs.setdefault(record["schedule"], {})[record["seed"]] = {
-            **record, "wall_s": wall and wall - pause, "fit_seconds": record["fit_seconds"] and
-            record["fit_seconds"] - pause}
+            **record, "wall_s": wall and wall - pause, "estimated": estimated, "fit_seconds": record["fit_seconds"]
+            and record["fit_seconds"] - pause}
     out = []
     for schedule, seeds in runs.items():
         predicted = predicted_minutes(schedule, seconds)
@@ -79,7 +93,8 @@ def rows(folder: Path, seconds: dict) -> list[dict]:
                     "chosen_f": [chosen[s] and round(chosen[s], 4) for s in sorted(seeds)],
                     "predict_sizes": [seeds[s]["predict_sizes"] for s in sorted(seeds)],
                     "minutes": round(predicted, 1), "after_minutes": round(max(after), 1) if after else None,
-                    "wall_min": [seeds[s]["wall_s"] and round(seeds[s]["wall_s"] / 60) for s in sorted(seeds)]})
+                    "wall_min": [seeds[s]["wall_s"] and ("~" if seeds[s]["estimated"] else "") +
+                                 str(round(seeds[s]["wall_s"] / 60)) for s in sorted(seeds)]})
     return sorted(out, key=lambda r: r["minutes"])
 
 
