@@ -38,7 +38,8 @@ def wall_seconds(run: Path, fit_seconds: float | None) -> tuple[float | None, bo
     """The run's wall time and whether it is estimated. Timed in full, it is the sum of the `wall N s` lines
     /usr/bin/time wrote (one per invocation: resumes add). When an invocation was stopped before it could write its
     line (the machine restarted), the last invocation's after-training time (its wall less the training it did: the
-    cumulative `seconds` of history.csv less those before its resume) is added to the whole run's training seconds."""
+    cumulative `seconds` of history.csv less those at its resume, `resuming ... at epoch N/` naming the epochs already
+    finished) is added to the whole run's training seconds."""
     log = run / "log"
     text = log.read_text() if log.exists() else ""
     walls = [float(v) for v in re.findall(r"^wall ([0-9.]+) s$", text, flags=re.M)]
@@ -49,7 +50,7 @@ def wall_seconds(run: Path, fit_seconds: float | None) -> tuple[float | None, bo
         return None, True
     before = {int(row.split(",")[0]): float(row.split(",")[4])
               for row in (run / "history.csv").read_text().splitlines()[1:] if row}
-    trained = fit_seconds - before.get(int(resumed[-1]) - 1, 0.0)
+    trained = fit_seconds - before.get(int(resumed[-1]), 0.0)
     return fit_seconds + walls[-1] - trained, True
 
 
@@ -88,7 +89,7 @@ def rows(folder: Path, seconds: dict) -> list[dict]:
                 after.append((r["wall_s"] - r["fit_seconds"]) / 60 * predicted / (r["fit_seconds"] / 60))
         chosen = {s: next((p["val_f"] for p in r["predict_settings"] if p["sizes"] == r["predict_sizes"]), None)
                   for s, r in seeds.items()}
-        out.append({"schedule": schedule, "seeds": sorted(seeds), "val_f": [round(seeds[s]["val_f"], 4) for s in
+        out.append({"schedule": schedule, "seeds": sorted(seeds), "val_f": [round(seeds[s]["val_f"], 5) for s in
                                                                             sorted(seeds)],
                     "chosen_f": [chosen[s] and round(chosen[s], 4) for s in sorted(seeds)],
                     "predict_sizes": [seeds[s]["predict_sizes"] for s in sorted(seeds)],

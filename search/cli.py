@@ -36,8 +36,8 @@ def _data_and_storage(g: argparse._ArgumentGroup) -> None:
 
 def _proxy(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--trials", type=int, default=None,
-                   help=f"proxy trials to run in this invocation, a maximum (default {DEFAULT_TRIALS}; with "
-                        "--time-budget, as many as the budget allows); 0 = none, only the second rung")
+                   help=f"proxy trials to run in this invocation, a maximum (default {DEFAULT_TRIALS}; under a time "
+                        "budget, given or resumed, as many as it allows); 0 = none, only the second rung")
     g.add_argument("--proxy-size", type=int, default=None, help="proxy resolution in px (default 64 CPU, 256 CUDA)")
     g.add_argument("--proxy-epochs", type=int, default=None, help="epochs per proxy trial (default 4 CPU, 12 CUDA)")
     g.add_argument("--subset", type=float, default=None,
@@ -124,6 +124,7 @@ def validate(args: argparse.Namespace) -> None:
     """Refuse, with one line naming the flag, values that make no sense (negative, NaN, infinite where not meant,
     out of range); nothing is opened or created before."""
     _in("trials", args.trials, 0, math.inf, ">= 0 (0 = only the second rung)")
+    _in("trials", args.trials, 0, UNLIMITED_TRIALS, f"at most {UNLIMITED_TRIALS} (the workers share the count)")
     _in("workers", args.workers, 1, 1024, "1..1024")
     if args.workers > 1 and is_sqlite(args.storage):
         raise ValueError("SQLite is unsafe for parallel writers: with --workers > 1 use a journal file "

@@ -24,9 +24,10 @@ def test_a_run_timed_in_full_sums_its_invocations(tmp_path):
 
 
 def test_a_run_stopped_by_a_restart_adds_its_last_invocations_after_training_time(tmp_path):
-    # the first invocation died untimed after epoch 2 (60 s of training); the second resumed at epoch 3, trained
-    # 120 - 60 = 60 s and ended 25 s after its last epoch: the run is its 120 s of training plus those 25 s
-    run = _run(tmp_path / "r", "training: x\ntraining: x\nresuming from L at epoch 3/4\nwall 85.0 s\n",
+    # the first invocation died untimed after epoch 2 (60 s of training); the second resumed (train.final says "at
+    # epoch 2/4": the epochs finished), trained 120 - 60 = 60 s and ended 25 s after its last epoch: the run is its
+    # 120 s of training plus those 25 s
+    run = _run(tmp_path / "r", "training: x\ntraining: x\nresuming from L at epoch 2/4\nwall 85.0 s\n",
                [30, 60, 90, 120])
     assert wall_seconds(run, 120.0) == (pytest.approx(145.0), True)
 
