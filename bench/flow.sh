@@ -2,7 +2,7 @@
 # One whole flow on the real data, timed, as a user runs it (docs/results.md, "The whole CPU flow under a time
 # budget"): search.run with --time-budget, then train.final --study best, then the submission check. The study goes
 # to docs/studies/budget-flow-s<SEED>.journal. Running it again resumes: the search without the flag (the study
-# keeps its budget and its start), the final from its checkpoint.
+# keeps its budget and its start), the final from its checkpoint. `python -m bench.flow_rows OUT ...` makes the table.
 #
 #   bench/flow.sh DATA SEED BUDGET OUT        e.g. bench/flow.sh ../shared/data/celebamask-mini 0 3h runs/flow-s0
 set -euo pipefail
@@ -12,6 +12,8 @@ data=$1 seed=$2 budget=$3 out=$4
 PY=${PY:-.venv/bin/python}
 study=budget-flow-s$seed journal=docs/studies/budget-flow-s$seed.journal
 mkdir -p "$out"
+printf '{"study": "%s", "storage": "%s", "seed": %s, "budget": "%s"}\n' "$study" "$journal" "$seed" "$budget" \
+  > "$out/flow.json"  # what bench.flow_rows reads
 flag=(--time-budget "$budget")
 [ -f "$journal" ] && flag=()  # a resume keeps the recorded budget
 t0=$(date +%s)

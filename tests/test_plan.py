@@ -155,10 +155,30 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
     pick = first.split(" trial ")[1].split(",")[0]
     assert f"following the study's time-budget plan: {made['schedules'][pick]['schedule']}" in first, first
     assert elapsed <= budget_s * 1.05, (elapsed, res.stdout[-3000:])
+    _check_flow_rows(tmp_path, storage, made)
     again = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0 and load(storage, "t").user_attrs[plan.PLAN_ATTR] == made  # nothing new: kept
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+
+
+def _check_flow_rows(out: Path, storage: str, made: dict) -> None:
+    """bench.flow_rows on the flow just run (its folder laid out as bench/flow.sh leaves it): the plan, the phases
+    against the budget, the shipped trial and its val F."""
+    import json
+
+    from bench.flow_rows import flow, table
+
+    (out / "flow.json").write_text(json.dumps({"study": "t", "storage": storage, "seed": 0, "budget": "2m"}))
+    (out / "times.txt").write_text(f"search 60 s, final 30 s, whole 90 s (this invocation)\n"
+                                   f"search 3 s, final 0 s, whole 21 s (this invocation)\n")  # a resume adds
+    text = "\n".join(table([flow(out)]))
+    final = json.loads((out / "final" / "final.json").read_text())
+    (pick, entry), = made["schedules"].items()
+    assert f"#{pick} {entry['schedule']}" in text and f"| shipped | #{final['trial']} at {final['schedule']} |" in text
+    assert f"| {final['val_f']:.4f} (" in text and "| the search | 1 min 03 s |" in text, text
+    assert "| **the whole flow** (of the budget) | 1 min 51 s (92%) |" in text and "| `train.submission check` | not run |" in text, text
+    assert "| 0 background | " in text  # the per-class table
 
 
 def test_a_short_budget_turns_the_rung_off_and_reserves_nothing_for_it():
