@@ -4,6 +4,7 @@ the gates, and a whole tiny flow that ends within its budget across a kill."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
     first = final.stdout.splitlines()[0]
     pick = first.split(" trial ")[1].split(",")[0]
     assert f"following the study's time-budget plan: {made['schedules'][pick]['schedule']}" in first, first
+    assert re.search(r"^epoch 1/\d+ at .* s \[(\d+ (s|min \d\d s) of the budget left|the time budget is spent)\]$", final.stdout, re.M), final.stdout
     assert elapsed <= budget_s * 1.05, (elapsed, res.stdout[-3000:])
     _check_flow_rows(tmp_path, storage, made)
     again = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,

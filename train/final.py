@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from search.plan import PLAN_ATTR
+from search.plan import BUDGET_ATTR, PLAN_ATTR, say_minutes
 from search.records import recipe_and_architecture
 from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
@@ -100,9 +101,11 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     require_study(storage, study)
     loaded = optuna.load_study(study_name=study, storage=storage)
     chosen = _chosen(loaded, number)
-    plan = loaded.user_attrs.get(PLAN_ATTR) or {}
+    plan, budget = loaded.user_attrs.get(PLAN_ATTR) or {}, loaded.user_attrs.get(BUDGET_ATTR) or {}
     entry = plan.get("schedules", {}).get(str(chosen.trial.number))
-    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"]} if entry else None)
+    ends = budget["started"] + budget["seconds"] if budget and plan.get("budget_started") == budget["started"] else None
+    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"], "budget_ends": ends}
+                               if entry else None)
 
 
 def _chosen(loaded: optuna.Study, number: int | None) -> Chosen:
@@ -460,10 +463,15 @@ def train(args: argparse.Namespace, chosen: Chosen, arch: ArchConfig, cfgs: tupl
                      last)
         write_history(train_state["history"], out / "history.csv")
 
+    ends = chosen.plan and chosen.plan.get("budget_ends")  # the study's time budget, when its plan covers this trial
+
     def say(epoch: int, record: dict) -> None:  # a plain line per evaluated epoch, terminal or not
         raw = f" (raw weights {record['val_f_raw']:.4f})" if "val_f_raw" in record else ""
+        left = "" if not ends else f" [{say_minutes(ends - time.time())} of the budget left]" if ends > time.time() \
+            else " [the time budget is spent]"
         print(f"epoch {epoch}/{epochs} at {record['size']} px: loss {record['loss']:.4f}, val F "
-              f"{record['val_f']:.4f}{raw}, {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s", flush=True)
+              f"{record['val_f']:.4f}{raw}, {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s{left}",
+              flush=True)
 
     # the initial weights are drawn from --seed too, not only data order and augmentation
     return full_fit(arch, splits, *cfgs, schedule=schedule, seed=args.seed, ema=args.ema, device=device,
