@@ -2,8 +2,9 @@
 column per flow, as docs/results.md gives it: the proxy trials and rung runs, the plan the study recorded, each
 phase's wall time and the whole against the budget, val F, the submission check; then val F per class.
 
-Each OUT is a bench/flow.sh output folder: flow.json (the study, its storage, the budget), times.txt (one line per
-invocation: `search X s, final Y s, whole Z s`), final/final.json and check.log.
+Each OUT is a bench/flow.sh output folder: flow.json (the study and its storage), times.txt (each step's start and
+end), final/final.json and check.log. The whole flow is given twice: the steps' timed seconds together, and on the
+budget's clock, from its start to the final's end, where the gaps between invocations count.
 """
 
 from __future__ import annotations
@@ -17,18 +18,30 @@ import optuna
 
 from search.plan import BUDGET_ATTR, PLAN_ATTR, say_minutes
 from search.rung import rung_records
-from search.storage import load_existing_study
+from search.storage import StorageError, load_existing_study
 from search.timebudget import skipped_runs
 from train.cli import parser
 
 
-def phase_seconds(out: Path) -> dict[str, float] | None:
-    """Search, final and whole seconds, summed over the invocations times.txt records (a resume adds a line)."""
+def phase_seconds(out: Path) -> dict[str, dict] | None:
+    """Per step (search, final, check): the seconds of its timed invocations, how many invocations were stopped
+    untimed (a start with no end: a SIGKILL), and the last end; from times.txt's `NAME start T` / `NAME end T rc R`
+    lines, which bench/flow.sh writes as each step starts and ends."""
     path = out / "times.txt"
-    found = re.findall(r"search (\d+) s, final (\d+) s, whole (\d+) s", path.read_text()) if path.exists() else []
-    if not found:
+    if not path.exists():
         return None
-    return {k: float(sum(int(row[i]) for row in found)) for i, k in enumerate(("search", "final", "whole"))}
+    steps: dict[str, dict] = {}
+    for name, what, stamp in re.findall(r"^(\w+) (start|end) (\d+)", path.read_text(), flags=re.M):
+        step = steps.setdefault(name, {"seconds": 0.0, "untimed": 0, "first": int(stamp), "last": None, "open": None})
+        if what == "start":
+            step["untimed"] += step["open"] is not None
+            step["open"] = int(stamp)
+        elif step["open"] is not None:
+            step["seconds"] += int(stamp) - step["open"]
+            step["open"], step["last"] = None, int(stamp)
+    for step in steps.values():
+        step["untimed"] += step.pop("open") is not None
+    return steps or None
 
 
 def flow(out: Path) -> dict:
@@ -49,7 +62,10 @@ def flow(out: Path) -> dict:
         "portfolio": sum("portfolio" in t.user_attrs for t in trials),
         "proxy_s": (max(t.datetime_complete for t in proxy) - min(t.datetime_start for t in proxy)).total_seconds()
         if proxy else None,
-        "rung": rung_records(study), "skipped": sorted(skipped_runs(study)), "plan": plan,
+        "rung": rung_records(study), "plan": plan, "stale_plan": bool(plan) and plan.get("budget_started") !=
+        budget.get("started"),
+        "skipped": sorted(n for n, r in skipped_runs(study).items() if r.get("budget_started") == budget.get("started")),
+        "budget_started": budget.get("started"),
         "phases": phase_seconds(out), "final": final, "chosen": chosen, "check": check[-1] if check else None}
 
 
@@ -57,24 +73,49 @@ def minutes(seconds: float | None) -> str:
     return "not timed" if seconds is None else say_minutes(seconds)
 
 
+def step_text(f: dict, name: str) -> str:
+    step = (f["phases"] or {}).get(name)
+    if step is None:
+        return "not run"
+    return say_minutes(step["seconds"]) + (f" + {step['untimed']} invocation(s) stopped untimed" if step["untimed"]
+                                           else "")
+
+
+def share(seconds: float | None, f: dict) -> str:
+    return "" if seconds is None or not f["budget_s"] else f" ({seconds / f['budget_s']:.0%})"
+
+
+def whole(f: dict) -> str:
+    """The steps' timed seconds together, and on the budget's clock (its start to the final's last end: the gaps
+    between invocations count there, as they do for the planner)."""
+    steps = f["phases"] or {}
+    total = sum(s["seconds"] for s in steps.values())
+    text = say_minutes(total) + share(total, f) + (" + untimed invocations" if any(s["untimed"] for s in
+                                                                                  steps.values()) else "")
+    end = steps.get("final", {}).get("last")
+    if end and f["budget_started"]:
+        text += f"; on the budget's clock {say_minutes(end - f['budget_started'])}{share(end - f['budget_started'], f)}"
+    return text if steps else "not timed"
+
+
 def table(flows: list[dict]) -> list[str]:
     rows = {
-        "budget": [minutes(f["budget_s"]) for f in flows],
+        "budget": [say_minutes(f["budget_s"]) if f["budget_s"] else "none" for f in flows],
         "proxy trials": [", ".join(f"{v} {k}" for k, v in f["counts"].items()) + f" ({f['portfolio']} portfolio)"
                          for f in flows],
         "proxy phase (first start to last end)": [minutes(f["proxy_s"]) for f in flows],
-        "rung runs": [", ".join(f"#{n} {r['f']:.4f}" for n, r in sorted(f["rung"].items(), key=lambda i: -i[1]["f"]))
+        "rung runs": [(", ".join(f"#{n} {r['f']:.4f}" for n, r in sorted(f["rung"].items(), key=lambda i: -i[1]["f"]))
+                       or "none (the rung was off)")
                       + (f"; skipped {', '.join(f'#{n}' for n in f['skipped'])}" if f["skipped"] else "")
                       for f in flows],
         "the plan (minutes left at the search's end; per pick)": [
             (f"{f['plan']['minutes_left']:.0f} min; " + ", ".join(
-                f"#{n} {p['schedule']} ({p['minutes']:.0f} min)" for n, p in f["plan"]["schedules"].items()))
+                f"#{n} {p['schedule']} ({p['minutes']:.0f} min)" for n, p in f["plan"]["schedules"].items())
+             + (" (made under an earlier budget)" if f["stale_plan"] else ""))
             if f["plan"] else "none recorded" for f in flows],
-        "the search": [minutes(f["phases"] and f["phases"]["search"]) for f in flows],
-        "train.final": [minutes(f["phases"] and f["phases"]["final"]) for f in flows],
-        "**the whole flow** (of the budget)": [
-            minutes(f["phases"] and f["phases"]["whole"]) + (f" ({f['phases']['whole'] / f['budget_s']:.0%})"
-                                                             if f["phases"] and f["budget_s"] else "") for f in flows],
+        "the search": [step_text(f, "search") for f in flows],
+        "train.final": [step_text(f, "final") for f in flows],
+        "**the whole flow** (of the budget)": [whole(f) for f in flows],
         "shipped": [f"#{f['final']['trial']} at {f['final']['schedule']}" if f["final"] else "no final yet"
                     for f in flows],
         "**val F** (without TTA; the chosen setting's, flip TTA)": [
@@ -103,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(o) for o in args.outs if not (o / "flow.json").exists()]
     if missing:
         p.error(f"not a bench/flow.sh folder (no flow.json): {', '.join(missing)}")
-    print("\n".join(table([flow(o) for o in args.outs])))
+    try:
+        flows = [flow(o) for o in args.outs]
+    except StorageError as e:
+        p.error(f"a flow's study cannot be read (did its search start?): {e}")
+    print("\n".join(table(flows)))
     return 0
 
 

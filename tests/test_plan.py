@@ -172,15 +172,30 @@ def _check_flow_rows(out: Path, storage: str, made: dict) -> None:
     from bench.flow_rows import flow, table
 
     (out / "flow.json").write_text(json.dumps({"study": "t", "storage": storage, "seed": 0, "budget": "2m"}))
-    (out / "times.txt").write_text(f"search 60 s, final 30 s, whole 90 s (this invocation)\n"
-                                   f"search 3 s, final 0 s, whole 21 s (this invocation)\n")  # a resume adds
+    t0 = int(made["budget_started"]) + 1  # a search, a final stopped by SIGTERM and resumed 10 s later, the check
+    (out / "times.txt").write_text(f"search start {t0}\nsearch end {t0 + 50} rc 0\nfinal start {t0 + 50}\n"
+                                   f"final end {t0 + 75} rc 143\nfinal start {t0 + 85}\nfinal end {t0 + 110} rc 0\n"
+                                   f"check start {t0 + 110}\ncheck end {t0 + 110} rc 0\n")
     text = "\n".join(table([flow(out)]))
     final = json.loads((out / "final" / "final.json").read_text())
     (pick, entry), = made["schedules"].items()
     assert f"#{pick} {entry['schedule']}" in text and f"| shipped | #{final['trial']} at {final['schedule']} |" in text
-    assert f"| {final['val_f']:.4f} (" in text and "| the search | 1 min 03 s |" in text, text
-    assert "| **the whole flow** (of the budget) | 1 min 51 s (92%) |" in text and "| `train.submission check` | not run |" in text, text
+    assert f"| {final['val_f']:.4f} (" in text and "| the search | 50 s |" in text, text
+    assert "| train.final | 50 s |" in text, text  # the gap between its two invocations is not the final's
+    assert ("| **the whole flow** (of the budget) | 1 min 40 s (83%); on the budget's clock 1 min 50 s (92%) |"
+            in text), text
     assert "| 0 background | " in text  # the per-class table
+
+
+def test_flow_rows_counts_a_step_stopped_untimed_and_only_whole_invocations(tmp_path):
+    from bench.flow_rows import phase_seconds
+
+    (tmp_path / "times.txt").write_text("search start 100\nsearch end 160 rc 0\nfinal start 160\n"  # killed: no end
+                                        "final start 500\nfinal end 530 rc 0\n")
+    steps = phase_seconds(tmp_path)
+    assert steps["search"]["seconds"] == 60 and steps["search"]["untimed"] == 0
+    assert steps["final"]["seconds"] == 30 and steps["final"]["untimed"] == 1 and steps["final"]["last"] == 530
+    assert phase_seconds(tmp_path / "none") is None
 
 
 def test_a_short_budget_turns_the_rung_off_and_reserves_nothing_for_it():
