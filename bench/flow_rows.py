@@ -53,6 +53,7 @@ def flow(out: Path) -> dict:
     counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if states.count(s)}
     proxy = [t for t in trials if t.datetime_complete is not None]
     budget, plan = study.user_attrs.get(BUDGET_ATTR) or {}, study.user_attrs.get(PLAN_ATTR) or {}
+    started = budget.get("started")
     final = json.loads((out / "final" / "final.json").read_text()) if (out / "final" / "final.json").exists() else {}
     chosen = next((p["val_f"] for p in final.get("predict_settings", []) if p["sizes"] == final.get("predict_sizes")),
                   None)
@@ -62,10 +63,9 @@ def flow(out: Path) -> dict:
         "portfolio": sum("portfolio" in t.user_attrs for t in trials),
         "proxy_s": (max(t.datetime_complete for t in proxy) - min(t.datetime_start for t in proxy)).total_seconds()
         if proxy else None,
-        "rung": rung_records(study), "plan": plan, "stale_plan": bool(plan) and plan.get("budget_started") !=
-        budget.get("started"),
-        "skipped": sorted(n for n, r in skipped_runs(study).items() if r.get("budget_started") == budget.get("started")),
-        "budget_started": budget.get("started"),
+        "rung": rung_records(study), "plan": plan, "budget_started": started,
+        "stale_plan": bool(plan) and plan.get("budget_started") != started,
+        "skipped": sorted(n for n, r in skipped_runs(study).items() if r.get("budget_started") == started),
         "phases": phase_seconds(out), "final": final, "chosen": chosen, "check": check[-1] if check else None}
 
 
@@ -131,8 +131,8 @@ def table(flows: list[dict]) -> list[str]:
                   "|---|---" + "|---" * len(flows) + "|"]
         for cid, c in sorted(per_class[0].items()):
             lines.append(f"| {cid} {c['name']} | {c['images']} | "
-                         + " | ".join("-" if p.get(cid, {}).get("f") is None else f"{p[cid]['f']:.4f}" for p in per_class)
-                         + " |")
+                         + " | ".join("-" if p.get(cid, {}).get("f") is None else f"{p[cid]['f']:.4f}"
+                                      for p in per_class) + " |")
     return lines
 
 

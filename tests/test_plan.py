@@ -96,7 +96,8 @@ def test_a_ladder_without_measured_rows_refuses_a_budget(tmp_path):
 def _flow_args(data: Path, storage: str, art: Path, *extra: str) -> list[str]:
     return ["search.run", "--data", str(data), "--storage", storage, "--study", "t", "--artifact-dir", str(art),
             "--proxy-size", "32", "--proxy-epochs", "2", "--subset", "1", "--device", "cpu", "--rung", "1",
-            "--rung-size", "32:1", "--portfolio", str(_portfolio(art.parent)), *extra]  # no --trials: the budget decides
+            "--rung-size", "32:1", "--portfolio", str(_portfolio(art.parent)),
+            *extra]  # no --trials: the budget decides
 
 
 def _portfolio(folder: Path) -> Path:
@@ -155,7 +156,8 @@ def test_a_budgeted_flow_ends_in_time_across_a_kill_and_its_final_follows_the_pl
     first = final.stdout.splitlines()[0]
     pick = first.split(" trial ")[1].split(",")[0]
     assert f"following the study's time-budget plan: {made['schedules'][pick]['schedule']}" in first, first
-    assert re.search(r"^epoch 1/\d+ at .* s \[(\d+ (s|min \d\d s) of the budget left|the time budget is spent)\]$", final.stdout, re.M), final.stdout
+    left = r"\[(\d+ (s|min \d\d s) of the budget left|the time budget is spent)\]"
+    assert re.search(rf"^epoch 1/\d+ at .* s {left}$", final.stdout, re.M), final.stdout
     assert elapsed <= budget_s * 1.05, (elapsed, res.stdout[-3000:])
     _check_flow_rows(tmp_path, storage, made)
     again = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,

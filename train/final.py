@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from search.plan import BUDGET_ATTR, PLAN_ATTR, say_minutes
+from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, say_minutes
 from search.records import recipe_and_architecture
 from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
@@ -103,8 +102,8 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     chosen = _chosen(loaded, number)
     plan, budget = loaded.user_attrs.get(PLAN_ATTR) or {}, loaded.user_attrs.get(BUDGET_ATTR) or {}
     entry = plan.get("schedules", {}).get(str(chosen.trial.number))
-    ends = budget["started"] + budget["seconds"] if budget and plan.get("budget_started") == budget["started"] else None
-    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"], "budget_ends": ends}
+    current = budget if budget and plan.get("budget_started") == budget["started"] else None  # not a stale plan's
+    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"], "budget": current}
                                if entry else None)
 
 
@@ -463,11 +462,11 @@ def train(args: argparse.Namespace, chosen: Chosen, arch: ArchConfig, cfgs: tupl
                      last)
         write_history(train_state["history"], out / "history.csv")
 
-    ends = chosen.plan and chosen.plan.get("budget_ends")  # the study's time budget, when its plan covers this trial
+    budget = chosen.plan and chosen.plan.get("budget")  # the study's time budget, when its plan covers this trial
 
     def say(epoch: int, record: dict) -> None:  # a plain line per evaluated epoch, terminal or not
         raw = f" (raw weights {record['val_f_raw']:.4f})" if "val_f_raw" in record else ""
-        left = "" if not ends else f" [{say_minutes(ends - time.time())} of the budget left]" if ends > time.time() \
+        left = "" if not budget else f" [{say_minutes(left_s(budget))} of the budget left]" if left_s(budget) > 0 \
             else " [the time budget is spent]"
         print(f"epoch {epoch}/{epochs} at {record['size']} px: loss {record['loss']:.4f}, val F "
               f"{record['val_f']:.4f}{raw}, {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s{left}",
