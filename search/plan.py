@@ -15,7 +15,9 @@ mean among those that fit in M, and the cheapest row within the ladder's seed sp
   for picks (`--final-minutes`) is the time the plan leaves for the final.
 - **At the search's end** (`final_plan`): for every pick at the rung, the schedule its final gets in the minutes
   left, from the ladder's minutes scaled by the pick's own speed at the rung (its predicted minutes at the ladder's
-  default row over that row's). The study records the plan (`PLAN_ATTR`); `train.final` follows it.
+  default row over that row's). The study records the plan (`PLAN_ATTR`); `train.final` follows it, and chooses
+  among the picks by rung-2 F plus the ladder's gain of each one's planned schedule over the default row
+  (`planned_gains`): a pick too slow for the longer rows competes on the schedule it can afford.
 
 A resumed study keeps its budget (the same start and length: the wall clock runs on while nothing runs) unless
 `--time-budget` is given again, which starts a new budget from then.
@@ -221,4 +223,15 @@ def final_plan(ladder: Ladder, budget: dict, picks: dict[int, float | None], now
         schedules[str(number)] = {"schedule": row.schedule, "minutes": round(row.total * factor, 1),
                                   "val_f_mean": round(row.mean, 4), "source": row.source}
     return {"minutes_left": round(max(0.0, left_s(budget, now)) / 60, 1), "planned_from": round(max(0.0, left) / 60, 1),
-            "ladder": str(ladder.path.name), "schedules": schedules, "budget_started": budget["started"]}
+            "ladder": str(ladder.path.name), "schedules": schedules, "budget_started": budget["started"],
+            "default": default.schedule, "default_mean": round(default.mean, 4)}
+
+
+def planned_gains(plan: dict, budget: dict | None) -> dict[int, float]:
+    """Trial number -> what its planned schedule adds to val F over the ladder's default row (the ladder's two-seed
+    means), for the pick choice under a time budget: a pick is judged by its rung-2 F plus this, so a slower pick
+    that can only afford a cheaper schedule competes on what it would ship. Empty without a current plan (none, or
+    one made under an earlier budget, or by a version that recorded no default)."""
+    if not plan or not budget or plan.get("budget_started") != budget.get("started") or "default_mean" not in plan:
+        return {}
+    return {int(n): e["val_f_mean"] - plan["default_mean"] for n, e in plan.get("schedules", {}).items()}

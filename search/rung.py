@@ -51,7 +51,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.plan import BUDGET_ATTR
+from search.plan import BUDGET_ATTR, PLAN_ATTR, planned_gains
 from search.storage import CLAIMS_SUFFIX
 from search.workers import gone, this_worker
 from space.sample import ADDED_PARAMS, as_trial, recipe_params, replay
@@ -251,22 +251,54 @@ def unfinished_note(study: optuna.Study) -> str | None:
     return f"{head}; choosing among the {len(rung_records(study, setting))} runs it finished"
 
 
-def within_minutes(study: optuna.Study, records: dict[int, dict]) -> dict[int, dict]:
-    """The records whose predicted train.final minutes are within the study's `final_minutes` (all without one, or
-    when none is)."""
-    limit = study.user_attrs.get(MINUTES_ATTR)
+def within(records: dict[int, dict], limit: float | None) -> dict[int, dict]:
+    """The records whose predicted train.final minutes are within `limit` (all without one, or when none is)."""
     kept = {n: r for n, r in records.items() if limit is None or r.get("final_minutes", 0.0) <= limit}
     return kept or records
 
 
+def within_minutes(study: optuna.Study, records: dict[int, dict]) -> dict[int, dict]:
+    """The records within the study's `final_minutes` (`within`)."""
+    return within(records, study.user_attrs.get(MINUTES_ATTR))
+
+
+def pick_of(records: dict[int, dict], gains: dict[int, float]) -> int:
+    """The best rung-2 F plus each record's planned gain (none without a plan); the higher rung-2 F on a tie."""
+    return max(records, key=lambda n: (records[n]["f"] + gains.get(n, 0.0), records[n]["f"]))
+
+
+def gains_of(study: optuna.Study, records: dict[int, dict]) -> dict[int, float]:
+    """Under a time budget's current plan covering every record: trial number -> the ladder's gain of its planned
+    schedule over the default (search.plan.planned_gains); else empty (picks compared by rung-2 F alone)."""
+    gains = planned_gains(study.user_attrs.get(PLAN_ATTR) or {}, study.user_attrs.get(BUDGET_ATTR))
+    return gains if records and all(n in gains for n in records) else {}
+
+
 def best_by_rung(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, dict] | None:
     """The trial with the best rung-2 F at the study's rung setting (among those predicted within its
-    `final_minutes`), with its record; None without rung runs."""
+    `final_minutes`), with its record; None without rung runs. Under a time budget's plan, the best rung-2 F plus
+    the ladder's gain of the schedule the plan gives each pick: what it would ship in the time left."""
     records = within_minutes(study, rung_records(study))
     if not records:
         return None
-    number = max(records, key=lambda n: records[n]["f"])
+    number = pick_of(records, gains_of(study, records))
     return study.trials[number], records[number]
+
+
+def budget_text(study: optuna.Study, number: int, records: dict[int, dict]) -> str | None:
+    """When the time budget's plan changed the pick: one clause naming the pick and the best rung-2 F, each with its
+    planned schedule and its expected F (rung-2 F plus the ladder's gain); None when it did not."""
+    gains = gains_of(study, records)
+    best = max(records, key=lambda n: records[n]["f"])
+    if not gains or best == number or records[best]["f"] == records[number]["f"]:
+        return None
+    schedules = (study.user_attrs.get(PLAN_ATTR) or {}).get("schedules", {})
+
+    def said(n: int) -> str:
+        return (f"{name_of(study.trials[n])} (rung-2 F {records[n]['f']:.4f}, at {schedules[str(n)]['schedule']}: "
+                f"{gains[n]:+.4f}, expected {records[n]['f'] + gains[n]:.4f})")
+    return (f"the time budget's pick {said(number)} over the best rung-2 F {said(best)}: each judged by its rung-2 F "
+            f"plus the ladder's gain of the schedule the plan affords it over the default")
 
 
 def name_of(trial: optuna.trial.FrozenTrial) -> str:
@@ -299,6 +331,9 @@ def verdict(study: optuna.Study) -> str | None:
     kept = within_minutes(study, records)
     none_within = (f" (no pick is predicted within --final-minutes {limit:g}: all were compared)"
                    if limit is not None and all(r.get("final_minutes", 0.0) > limit for r in records.values()) else "")
+    by_budget = budget_text(study, trial.number, kept)
+    if by_budget:
+        return by_budget + none_within
     ref = reference_number(study, records)
     if ref is None:
         return (f"the rung's pick {name_of(trial)} (rung-2 F {record['f']:.4f}); no portfolio entry at the rung"

@@ -18,11 +18,12 @@ from search.plan import (
     load_ladder,
     margin,
     may_start_trial,
+    planned_gains,
     rung_gate,
     rung_run_estimate,
     say_minutes,
 )
-from search.rung import MINUTES_ATTR, current_setting, reference, rung_records
+from search.rung import MINUTES_ATTR, current_setting, pick_of, reference, rung_records, within
 
 
 def device_kind(device: str) -> str:
@@ -114,10 +115,16 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
     picks = {n: r.get("final_minutes") for n, r in records.items()} or (
         {fallback: None} if fallback is not None else {})
     plan = final_plan(ladder, budget, picks)
-    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
     study.set_user_attr(PLAN_ATTR, plan)
-    study.set_user_attr(MINUTES_ATTR, max(0.0, plan["planned_from"] - default.after_minutes))
+    study.set_user_attr(MINUTES_ATTR, picks_limit(plan, ladder))
     return plan
+
+
+def picks_limit(plan: dict, ladder: Ladder) -> float:
+    """The rung's limit for picks under a plan: a pick's final at the default schedule, training and scoring, must fit
+    in the minutes the plan has for the final."""
+    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    return max(0.0, plan["planned_from"] - default.after_minutes)
 
 
 def skipped_runs(study: optuna.Study) -> dict[int, dict]:
@@ -142,6 +149,17 @@ def plan_lines(study: optuna.Study) -> list[str]:
         lines.append(f"  not trained at the rung for the time budget: {', '.join(f'#{n}' for n in skipped)}; run "
                      f"the command again with --time-budget to train them in a new budget")
     return lines
+
+
+def choose_pick(records: dict[int, dict], made: dict, budget: dict, ladder: Ladder) -> int | None:
+    """The pick train.final would take from these rung records under the plan `made` (as search.rung.best_by_rung
+    does): among those predicted within the plan's minutes for the final, by rung-2 F plus the ladder's gain of each
+    one's planned schedule."""
+    if not records:
+        return None
+    kept = within(records, picks_limit(made, ladder))
+    gains = planned_gains(made, budget)
+    return pick_of(kept, {n: g for n, g in gains.items() if n in kept})
 
 
 def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) -> dict:
@@ -176,10 +194,9 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
         if rung_gate(budget, ladder, seconds, now=now) is None:
             now += seconds
             trained[n] = records[n]
-    pick = max(trained, key=lambda n: trained[n]["f"]) if trained else None
-    made = final_plan(ladder, budget, {pick: trained[pick].get("final_minutes")} if pick is not None else {0: None},
-                      now=now)
-    (entry,) = made["schedules"].values()
+    made = final_plan(ladder, budget, {n: r.get("final_minutes") for n, r in trained.items()} or {0: None}, now=now)
+    pick = choose_pick(trained, made, budget, ladder)
+    entry = made["schedules"][str(pick if pick is not None else 0)]
     return {"budget_s": budget_s, "proxy_trials": ran, "proxy_s": max(free) if ran else 0.0,
             "rung_runs": len(trained), "search_s": now, "pick": pick, **entry,
             "final_target": up_front["final_target"], "minutes_left": made["minutes_left"]}

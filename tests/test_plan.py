@@ -87,6 +87,22 @@ def test_the_final_plan_gives_each_pick_the_schedule_its_speed_allows():
     assert made["schedules"]["7"]["minutes"] == pytest.approx(66.0)
 
 
+
+def test_the_replay_picks_as_train_final_does_by_what_each_pick_can_afford():
+    from search.timebudget import choose_pick
+
+    budget = {"started": 0.0, "seconds": 3 * 3600.0}
+    records = {0: {"f": 0.700, "final_minutes": 30.0}, 7: {"f": 0.705, "final_minutes": 60.0},
+               9: {"f": 0.800, "final_minutes": 500.0}}  # #9: its final at the default cannot fit: left out
+    picks = {n: r["final_minutes"] for n, r in records.items()}
+    made = plan.final_plan(LADDER, budget, picks, now=3 * 3600.0 - 80 * 60)  # 80 minutes left
+    assert plan.planned_gains(made, budget) == pytest.approx({0: 0.010, 7: 0.0, 9: 0.0})
+    assert choose_pick(records, made, budget, LADDER) == 0  # 0.700 + 0.010 (c over a) over 0.705 + 0 (a)
+    records[7]["f"] = 0.711
+    assert choose_pick(records, made, budget, LADDER) == 7
+    assert plan.planned_gains(made, {**budget, "started": 1.0}) == {}  # a plan of another budget counts for nothing
+
+
 def test_a_ladder_without_measured_rows_refuses_a_budget(tmp_path):
     with pytest.raises(PlanError, match="has no measured rows yet"):
         plan.load_ladder("cuda")  # the 512-px ladder waits for a GPU

@@ -197,6 +197,44 @@ def test_final_minutes_leaves_slow_picks_out(tmp_path):
                                                  "min > --final-minutes 60"), line
 
 
+
+def test_under_a_time_budget_a_pick_is_judged_by_the_schedule_it_can_afford(tmp_path, capsys):
+    from pathlib import Path
+
+    from search.plan import BUDGET_ATTR, PLAN_ATTR, Ladder, Row, final_plan
+    from train.final import choose_trial
+
+    ladder = Ladder("cpu", "net", (Row("a", (0.815, 0.817), 30, 3, "t"), Row("c", (0.825, 0.827), 70, 5, "t")), "a",
+                    300.0, 30.0, Path("cpu.json"))
+    storage = open_storage(str(tmp_path / "b.journal"))
+    study = _study_with([("dw_unet@R85", 0.50), (None, 0.60)], storage)
+    setting = RungSetting(1, "32:2", 1.0, "last_f", 0)
+    study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+    for number, f, minutes in ((0, 0.700, 30.0), (1, 0.705, 60.0)):  # #1: +0.005 at the rung, twice as slow
+        study.set_user_attr(f"{RUNG_ATTR}:{number}:{setting.id}", {"f": f, "proxy_f": 0.5, "final_minutes": minutes,
+                                                                   "reference": number == 0})
+    assert rung_mod.best_by_rung(study)[0].number == 1  # no budget: the best rung-2 F
+    budget = {"started": 0.0, "seconds": 3 * 3600.0}
+    made = final_plan(ladder, budget, {0: 30.0, 1: 60.0}, now=3 * 3600.0 - 80 * 60)  # 80 minutes left
+    assert made["schedules"]["0"]["schedule"] == "c" and made["schedules"]["1"]["schedule"] == "a"
+    study.set_user_attr(BUDGET_ATTR, budget)
+    study.set_user_attr(PLAN_ATTR, made)
+    assert rung_mod.best_by_rung(study)[0].number == 0  # 0.700 + 0.010 (c over a) beats 0.705 + 0
+    assert rung_mod.verdict(study) == (
+        "the time budget's pick #0 (dw_unet@R85) (rung-2 F 0.7000, at c: +0.0100, expected 0.7100) over the best "
+        "rung-2 F #1 (searched) (rung-2 F 0.7050, at a: +0.0000, expected 0.7050): each judged by its rung-2 F plus "
+        "the ladder's gain of the schedule the plan affords it over the default")
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 0 and chosen.plan["schedule"] == "c"
+    assert "the time budget's pick #0" in chosen.decided_by
+    study.set_user_attr(BUDGET_ATTR, {**budget, "started": 5.0})  # a newer budget: the plan is stale, not followed
+    assert rung_mod.best_by_rung(study)[0].number == 1
+    capsys.readouterr()
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 1 and chosen.plan is None
+    assert "its time-budget plan was made under an earlier budget" in capsys.readouterr().out
+
+
 def test_a_claim_of_a_dead_process_on_another_host_is_taken_over_once_stale(monkeypatch):
     study = optuna.create_study(study_name="c")
     claims = rung_mod.Claims(study)

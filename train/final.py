@@ -102,8 +102,12 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     chosen = _chosen(loaded, number)
     plan, budget = loaded.user_attrs.get(PLAN_ATTR) or {}, loaded.user_attrs.get(BUDGET_ATTR) or {}
     entry = plan.get("schedules", {}).get(str(chosen.trial.number))
-    current = budget if budget and plan.get("budget_started") == budget["started"] else None  # not a stale plan's
-    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"], "budget": current}
+    if entry and budget and plan.get("budget_started") != budget["started"]:  # searched again under a newer budget
+        print(f"note: study {study!r}: its time-budget plan was made under an earlier budget, and the search under "
+              f"the current one has not finished (re-run the search command to plan): the plan is not followed",
+              flush=True)
+        entry = None
+    return dataclasses.replace(chosen, plan={**entry, "minutes_left": plan["minutes_left"], "budget": budget or None}
                                if entry else None)
 
 
