@@ -29,6 +29,7 @@ from search.records import full_settings, recipe_and_architecture, recorded  # n
 from search.rung import (  # noqa: E402
     MINUTES_ATTR,
     current_setting,
+    gains_of,
     name_of,
     proxy_text,
     redirect_notes,
@@ -221,6 +222,8 @@ def second_rung(study: optuna.Study, out: Path) -> Section | None:
              " (no recipe stage: no portfolio entry, or the best searched network trains at the reference's recipe)")
     limit = study.user_attrs.get(MINUTES_ATTR)
     within = f" among the picks predicted within --final-minutes {limit:g}" if limit is not None else ""
+    within += (" (under the time budget's plan: plus the ladder's gain of the schedule each pick can afford)"
+               if gains_of(study, rung_records(study, setting)) else "")
     moved = "".join(f"<li>{html.escape(note)}</li>" for note in redirect_notes(study, setting))
     return "Second rung", (f"<p>The top {setting.k} complete trials, and the portfolio entry with the best proxy F "
                            f"(the reference), trained again at {html.escape(setting.describe())}{stage}; "

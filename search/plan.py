@@ -221,17 +221,21 @@ def final_plan(ladder: Ladder, budget: dict, picks: dict[int, float | None], now
         factor = minutes / default.minutes if minutes else 1.0
         row = choose_row(ladder, left / 60, factor) or min(ladder.rows, key=lambda r: r.total)
         schedules[str(number)] = {"schedule": row.schedule, "minutes": round(row.total * factor, 1),
-                                  "val_f_mean": round(row.mean, 4), "source": row.source}
+                                  "val_f_mean": round(row.mean, 4), "gain": row.mean - default.mean,
+                                  "source": row.source}
     return {"minutes_left": round(max(0.0, left_s(budget, now)) / 60, 1), "planned_from": round(max(0.0, left) / 60, 1),
             "ladder": str(ladder.path.name), "schedules": schedules, "budget_started": budget["started"],
-            "default": default.schedule, "default_mean": round(default.mean, 4)}
+            "default": default.schedule}
 
 
 def planned_gains(plan: dict, budget: dict | None) -> dict[int, float]:
     """Trial number -> what its planned schedule adds to val F over the ladder's default row (the ladder's two-seed
     means), for the pick choice under a time budget: a pick is judged by its rung-2 F plus this, so a slower pick
-    that can only afford a cheaper schedule competes on what it would ship. Empty without a current plan (none, or
-    one made under an earlier budget, or by a version that recorded no default)."""
-    if not plan or not budget or plan.get("budget_started") != budget.get("started") or "default_mean" not in plan:
+    that can only afford a cheaper schedule competes on what it would ship (unrounded: the ladder's seeds keep five
+    decimals). Empty without a current plan (none, or one made under an earlier budget, or by a version that recorded
+    no gains)."""
+    entries = (plan or {}).get("schedules", {})
+    if not plan or not budget or plan.get("budget_started") != budget.get("started") or not all("gain" in e for e in
+                                                                                   entries.values()):
         return {}
-    return {int(n): e["val_f_mean"] - plan["default_mean"] for n, e in plan.get("schedules", {}).items()}
+    return {int(n): e["gain"] for n, e in entries.items()}

@@ -14,7 +14,8 @@ fidelity": over 8 recipes on one network the rung ordered the final's F with a K
 proxy's, the rule fixed before the runs): once those runs are done, the recipe stage trains the best searched network
 at the rung once more, at the reference's recipe (a trial of its own, user attr `recipe_stage`, FAIL in the study's
 terms as it has no proxy F). The best rung-2 F is what `train.final --study best` ships, so it ships a searched
-network only when that network beat the reference at the rung; `verdict` says which won and by how much.
+network only when that network beat the reference at the rung; under a time budget's plan, the best rung-2 F plus the
+ladder's gain of the schedule the plan affords each pick (`best_by_rung`). `verdict` says which won and by how much.
 Each rung run records its seconds per epoch and per scoring at each size, and from them the predicted minutes of
 `train.final` at the device's default schedule; `search.run --final-minutes M` (study user attr `final_minutes`)
 leaves picks predicted over M out of the choice. With `RungSetting.over_limit` "reference" (`search.run
@@ -263,14 +264,20 @@ def within_minutes(study: optuna.Study, records: dict[int, dict]) -> dict[int, d
 
 
 def pick_of(records: dict[int, dict], gains: dict[int, float]) -> int:
-    """The best rung-2 F plus each record's planned gain (none without a plan); the higher rung-2 F on a tie."""
+    """The best rung-2 F plus each record's planned gain (none without a plan, or one that misses a record); the
+    higher rung-2 F on a tie."""
+    gains = covering(gains, records)
     return max(records, key=lambda n: (records[n]["f"] + gains.get(n, 0.0), records[n]["f"]))
 
 
 def gains_of(study: optuna.Study, records: dict[int, dict]) -> dict[int, float]:
     """Under a time budget's current plan covering every record: trial number -> the ladder's gain of its planned
     schedule over the default (search.plan.planned_gains); else empty (picks compared by rung-2 F alone)."""
-    gains = planned_gains(study.user_attrs.get(PLAN_ATTR) or {}, study.user_attrs.get(BUDGET_ATTR))
+    return covering(planned_gains(study.user_attrs.get(PLAN_ATTR) or {}, study.user_attrs.get(BUDGET_ATTR)), records)
+
+
+def covering(gains: dict[int, float], records: dict[int, dict]) -> dict[int, float]:
+    """`gains` when they cover every record, else none: picks are never compared half by the plan."""
     return gains if records and all(n in gains for n in records) else {}
 
 

@@ -158,8 +158,7 @@ def choose_pick(records: dict[int, dict], made: dict, budget: dict, ladder: Ladd
     if not records:
         return None
     kept = within(records, picks_limit(made, ladder))
-    gains = planned_gains(made, budget)
-    return pick_of(kept, {n: g for n, g in gains.items() if n in kept})
+    return pick_of(kept, planned_gains(made, budget))
 
 
 def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) -> dict:

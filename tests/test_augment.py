@@ -183,7 +183,6 @@ def _draw_statistics(outputs: list[tuple[np.ndarray, np.ndarray]], disc_area: fl
             "flip_rate": float(np.mean(flipped)), "hue_std": float(np.std(hue))}
 
 
-
 def test_cpu_and_device_augmentations_draw_from_one_distribution():
     """Issue 19 item 6: one scale for x and y in both paths, the same flip rate and zoom and hue-shift spread."""
     import colorsys

@@ -87,7 +87,6 @@ def test_the_final_plan_gives_each_pick_the_schedule_its_speed_allows():
     assert made["schedules"]["7"]["minutes"] == pytest.approx(66.0)
 
 
-
 def test_the_replay_picks_as_train_final_does_by_what_each_pick_can_afford():
     from search.timebudget import choose_pick
 

@@ -197,7 +197,6 @@ def test_final_minutes_leaves_slow_picks_out(tmp_path):
                                                  "min > --final-minutes 60"), line
 
 
-
 def test_under_a_time_budget_a_pick_is_judged_by_the_schedule_it_can_afford(tmp_path, capsys):
     from pathlib import Path
 
@@ -212,7 +211,7 @@ def test_under_a_time_budget_a_pick_is_judged_by_the_schedule_it_can_afford(tmp_
     study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
     for number, f, minutes in ((0, 0.700, 30.0), (1, 0.705, 60.0)):  # #1: +0.005 at the rung, twice as slow
         study.set_user_attr(f"{RUNG_ATTR}:{number}:{setting.id}", {"f": f, "proxy_f": 0.5, "final_minutes": minutes,
-                                                                   "reference": number == 0})
+                                                                   "reference": number == 0, "seconds": 9.0})
     assert rung_mod.best_by_rung(study)[0].number == 1  # no budget: the best rung-2 F
     budget = {"started": 0.0, "seconds": 3 * 3600.0}
     made = final_plan(ladder, budget, {0: 30.0, 1: 60.0}, now=3 * 3600.0 - 80 * 60)  # 80 minutes left
@@ -227,6 +226,21 @@ def test_under_a_time_budget_a_pick_is_judged_by_the_schedule_it_can_afford(tmp_
     chosen = choose_trial(storage, "r", None)
     assert chosen.trial.number == 0 and chosen.plan["schedule"] == "c"
     assert "the time budget's pick #0" in chosen.decided_by
+    import html
+
+    from analysis.report import second_rung
+
+    _, text = second_rung(study, tmp_path)
+    assert "(under the time budget's plan: plus the ladder's gain of the schedule each pick can afford)" in text
+    assert html.escape("the time budget's pick #0") in text
+    ungained = {n: {k: v for k, v in e.items() if k != "gain"} for n, e in made["schedules"].items()}
+    older = {**made, "schedules": ungained}
+    study.set_user_attr(PLAN_ATTR, older)  # a plan from before the gains were recorded: by F, its schedule followed
+    chosen = choose_trial(storage, "r", None)
+    assert chosen.trial.number == 1 and chosen.plan["schedule"] == "a"
+    study.set_user_attr(PLAN_ATTR, {**made, "schedules": {"0": made["schedules"]["0"]}})  # #1 not planned: by F
+    assert rung_mod.best_by_rung(study)[0].number == 1
+    study.set_user_attr(PLAN_ATTR, made)
     study.set_user_attr(BUDGET_ATTR, {**budget, "started": 5.0})  # a newer budget: the plan is stale, not followed
     assert rung_mod.best_by_rung(study)[0].number == 1
     capsys.readouterr()
