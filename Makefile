@@ -19,7 +19,7 @@ search: setup
 	$(BIN)/python -m search.run --trials 100
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # two processes of one thread each, a test file per process
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder  # two processes of one thread each, a test file per process, the slowest files first (tests/conftest.py)
 
 lint: setup
 	$(BIN)/ruff check .

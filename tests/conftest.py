@@ -24,6 +24,30 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           text=True, timeout=timeout)
 
 
+def run_main(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` through the module's own `main` in this process, for refusals and other quick
+    commands: no interpreter and torch import per call (about 4 s each). The exit status is main's return value or
+    its SystemExit's (argparse's refusals); the working folder and torch's thread count are restored after."""
+    import contextlib
+    import importlib
+    import io
+
+    import torch
+
+    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    try:
+        os.chdir(cwd or REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = importlib.import_module(module).main(list(args))
+            except SystemExit as e:
+                code = e.code if e.code is None or isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([module, *args], code or 0, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A small generated face set in the challenge layout (64 px)."""
@@ -76,3 +100,17 @@ def final_run(tiny_data, tmp_path_factory) -> Path:
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report.pdf: body font Liberation Sans" in res.stdout or "report.pdf: body font Arial" in res.stdout
     return out
+
+
+# The slowest test files first (their summed seconds, alone on two cores, 2026-12-07: search 182, analysis 137,
+# deliverables 90, bench 86, reliability 80, parallel 75, final 73, plan 62, scale 60, rung 50, demo 45, learning
+# 43), so that the two processes of `make test` (--dist loadfile --no-loadscope-reorder) end together: a long file
+# handed out last leaves one process working alone. Files not named keep their place after these.
+SLOWEST_FIRST = ("test_search.py", "test_analysis.py", "test_deliverables.py", "test_bench.py", "test_reliability.py",
+                 "test_parallel.py", "test_final.py", "test_plan.py", "test_scale.py", "test_rung.py", "test_demo.py",
+                 "test_learning.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept

@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import StopAtFit, capture_initial_weights, run_cli
+from conftest import StopAtFit, capture_initial_weights, run_cli, run_main
 from PIL import Image
 
 from analysis.common import rank_correlations
@@ -83,7 +83,7 @@ def test_report_has_every_section_offline_and_csv_rows(tmp_path):
 
 def test_report_cli_names_a_missing_study(tmp_path):
     planted_study(f"sqlite:///{tmp_path / 's.db'}", n=3)
-    res = run_cli("analysis.report", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    res = run_main("analysis.report", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert res.returncode == 2 and "available: planted" in res.stderr
 
 
@@ -143,7 +143,7 @@ def test_fidelity_cli_retrains_records_and_scores_proxy_variants(tmp_path, tiny_
                   "--storage", storage, "--device", "cpu")
     assert res.returncode == 0, res.stderr[-2000:]
     assert 0 <= hand_recipe_results(optuna.load_study(study_name="f", storage=storage))["dw_unet"] <= 1
-    bad = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
+    bad = run_main("analysis.fidelity", "--study", "f", "--proxy", "32:2", "--storage", storage)
     assert bad.returncode == 2 and "expected SIZE:EPOCHS[,SIZE:EPOCHS...]:SUBSET" in bad.stderr
     # a variant may be a resolution schedule (a rung shaped like the final): its own records and table rows
     res = run_cli("analysis.fidelity", "--study", "f", "--proxy", "32:1,48:1:0.5", "--storage", storage,
@@ -309,7 +309,8 @@ def test_a_train_final_run_of_the_trial_is_recorded_as_its_full_f_and_another_tr
     assert [(item, s.schedule, s.data, v["f"]) for item, s, v in records] == [("1", "32:1", str(tiny_data.resolve()),
                                                                                f)]
     assert records[0][2]["source"] == f"train.final {out}"
-    wrong = run_cli("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial", "0")
+    wrong = run_main("analysis.fidelity", "--study", "f", "--storage", storage, "--from-final", str(out), "--trial",
+                     "0")
     assert wrong.returncode == 2 and "is not a finished run of trial #0's configs" in wrong.stderr
     # a run of code from before rfs_threshold existed (its train settings lack it) is the same run
     last = torch.load(out / "last.pth", weights_only=True)
@@ -359,9 +360,9 @@ def test_compare_scores_a_run_without_per_class_figures_as_prediction_and_the_me
     written = json.loads((final_run / "final.json").read_text())  # a run with per-class figures: taken as written
     assert [rows[k][1] for k in rows if k[0].isdigit()] == ["-" if c["f"] is None else f"{c['f']:.4f}"
                                                               for c in written["per_class"]]
-    bad = run_cli("analysis.compare", "--runs", f"x={tmp_path}")
+    bad = run_main("analysis.compare", "--runs", f"x={tmp_path}")
     assert bad.returncode == 2 and f"{tmp_path}: not a finished train.final output folder" in bad.stderr
-    bad = run_cli("analysis.compare", "--runs", "nonsense")
+    bad = run_main("analysis.compare", "--runs", "nonsense")
     assert bad.returncode == 2 and "expected NAME=RUN" in bad.stderr
 
 
@@ -372,7 +373,7 @@ def test_compare_refuses_a_name_given_twice_and_asks_for_data_when_no_checkpoint
 
     from analysis.compare import main as compare
 
-    twice = run_cli("analysis.compare", "--runs", f"a={final_run}", "--runs", f"a={final_run}")
+    twice = run_main("analysis.compare", "--runs", f"a={final_run}", "--runs", f"a={final_run}")
     assert twice.returncode == 2 and "the group name 'a' is given twice" in twice.stderr  # not a silent drop
     old = tmp_path / "old"  # a run from before final.json held per-class figures and last.pth named its data
     shutil.copytree(final_run, old)

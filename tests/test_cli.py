@@ -7,7 +7,7 @@ import argparse
 import importlib
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 COMMANDS = ["search.run", "train.final", "train.export", "train.predict", "train.demo", "analysis.report",
             "analysis.compare", "analysis.fidelity", "train.submission"]
@@ -59,7 +59,7 @@ def test_search_run_groups_by_purpose(monkeypatch):
 def test_old_spellings_still_work_with_a_note(old, new, argv, tmp_path):
     """Each run stops on another error after parsing: what matters is that the old flag was taken (no argparse error)
     with a note naming the new one."""
-    res = run_cli(*argv, cwd=tmp_path)
+    res = run_main(*argv, cwd=tmp_path)
     assert f"note: {old} is renamed {new}" in res.stderr and "unrecognized arguments" not in res.stderr, res.stderr
     assert res.returncode == 2 and "error:" in res.stderr
 

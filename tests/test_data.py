@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_main
 from PIL import Image
 
 from train.data import DataError, check, load_split
@@ -85,7 +85,7 @@ def test_bad_data_is_refused_with_the_file_named(data, breaker, message, named):
     breaker(data)
     with pytest.raises(DataError, match=message):
         check(data)
-    res = run_cli("train.data", "check", str(data))
+    res = run_main("train.data", "check", str(data))
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 A4 = (595.28, 841.89)  # points
 
@@ -51,7 +51,7 @@ def test_report_pdf_is_rebuilt_from_the_folder_and_refuses_without_a_font(final_
     res = run_cli("train.report_pdf", str(final_run))
     assert res.returncode == 0 and (final_run / "report.pdf").exists(), res.stderr
     assert len((final_run / "report.pdf").read_bytes()) == pytest.approx(len(before), rel=0.05)
-    bad = run_cli("train.report_pdf", str(tmp_path))
+    bad = run_main("train.report_pdf", str(tmp_path))
     assert bad.returncode == 2 and "final.json missing" in bad.stderr and "Traceback" not in bad.stderr
     import train.report_pdf as report_pdf
 
@@ -90,7 +90,7 @@ def test_export_refuses_a_checkpoint_holding_code(tmp_path):
             return (os.getcwd, ())
 
     torch.save({"config": Code(), "state_dict": {}, "size": 32}, tmp_path / "code.pth")
-    res = run_cli("train.export", "--weights", str(tmp_path / "code.pth"), "--out", str(tmp_path / "m.onnx"))
+    res = run_main("train.export", "--weights", str(tmp_path / "code.pth"), "--out", str(tmp_path / "m.onnx"))
     assert res.returncode == 2 and "refused: it holds Python objects" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "m.onnx").exists()
 

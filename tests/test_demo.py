@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 from PIL import Image
 
 from space.network import build_model
@@ -122,12 +122,12 @@ def test_bad_uploads_get_a_message_on_the_page_never_a_traceback(demo, tmp_path)
 
 def test_a_checkpoint_that_is_not_ours_or_over_budget_is_refused_at_start(tmp_path):
     (tmp_path / "x.pth").write_text("no")
-    res = run_cli("train.demo", "--weights", str(tmp_path / "x.pth"), cwd=tmp_path)
+    res = run_main("train.demo", "--weights", str(tmp_path / "x.pth"), cwd=tmp_path)
     assert res.returncode == 2 and "not a PyTorch checkpoint" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     from test_reliability import HUGE, make_ckpt
 
-    res = run_cli("train.demo", "--weights", str(make_ckpt(tmp_path / "big.pth", HUGE)), cwd=tmp_path)
+    res = run_main("train.demo", "--weights", str(make_ckpt(tmp_path / "big.pth", HUGE)), cwd=tmp_path)
     assert res.returncode == 2 and "the limit is < 1,821,085" in res.stderr
 
 

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, StopAtFit, capture_initial_weights, run_cli
+from conftest import REPO, StopAtFit, capture_initial_weights, run_cli, run_main
 from PIL import Image
 
 from space.config import BUDGET
@@ -144,7 +144,7 @@ def test_interrupted_final_resumes_from_its_checkpoint(searched, tiny_data):
 ])
 def test_bad_choices_are_named(searched, tiny_data, args, message):
     work, storage = searched
-    res = run_cli("train.final", "--storage", storage, "--data", str(tiny_data), *args, cwd=work)
+    res = run_main("train.final", "--storage", storage, "--data", str(tiny_data), *args, cwd=work)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
@@ -173,7 +173,7 @@ def test_submission_checker_names_problems(tmp_path, tiny_data):
     assert "unexpected entries at the zip root: extra" in text
     assert "solution/ lacks ckpt.pth, run.py, requirements.txt" in text
     assert "test images without a mask (3)" in text and "mode RGB" in text
-    res = run_cli("train.submission", "check", str(bad), "--images", str(images))
+    res = run_main("train.submission", "check", str(bad), "--images", str(images))
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
@@ -254,7 +254,7 @@ def test_the_study_data_is_used_and_a_gone_folder_is_named(tmp_path, tiny_data, 
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
     _study_with_one_trial(storage, "gone", "/nonexistent/faces")
-    res = run_cli("train.final", "--study", "gone", "--storage", storage, "--device", "cpu", cwd=tmp_path)
+    res = run_main("train.final", "--study", "gone", "--storage", storage, "--device", "cpu", cwd=tmp_path)
     assert res.returncode == 2 and "was searched on /nonexistent/faces, which is gone; pass --data ROOT" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "data").exists()
     chosen = Chosen("s", None, str(tiny_data))

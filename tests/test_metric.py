@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import run_cli
+from conftest import run_cli, run_main
 from PIL import Image
 
 from train.data import read_mask
@@ -73,5 +73,5 @@ def test_cli_scores_folders(tmp_path, tiny_data):
     value = float(res.stdout.strip().splitlines()[-1].split()[0].split("=")[1])
     assert abs(value - np.mean(expected)) < 1e-6
     (pred_dir / sorted(gt_dir.glob("*.png"))[0].name).unlink()
-    missing = run_cli("train.metric", str(gt_dir), str(pred_dir))
+    missing = run_main("train.metric", str(gt_dir), str(pred_dir))
     assert missing.returncode == 2 and "missing predictions" in missing.stderr and "Traceback" not in missing.stderr

@@ -8,7 +8,7 @@ import time
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 import search.run as run_mod
 import search.rung as rung_mod
@@ -111,7 +111,7 @@ def test_train_final_study_best_takes_the_best_rung_not_the_best_proxy(tiny_data
                                           (["--final-minutes", "0"], "--final-minutes must be > 0"),
                                           (["--rung-subset", "0"], "--rung-subset must be in (0, 1]")])
 def test_bad_rung_arguments_are_named(tmp_path, args, message):
-    res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
+    res = run_main("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 

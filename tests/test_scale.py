@@ -105,25 +105,24 @@ def test_predict_and_the_shipped_run_py_honour_the_checkpoints_setting(tiny_data
         assert np.array_equal(np.asarray(Image.open(tmp_path / "r" / f"{p.stem}.png")), expected[p.stem])
 
 
-def test_export_builds_the_graph_at_the_setting_and_writes_it_beside(tiny_data, tmp_path):
+def test_export_builds_the_graph_at_the_setting_and_writes_it_beside(tiny_data, tmp_path, capsys):
+    """Through train.export's entry point in this process (one interpreter for the three exports)."""
     pytest.importorskip("onnxruntime")
-    from train.export import onnx_size
+    from train.export import main, onnx_size
+
+    def export(*args: str) -> str:
+        assert main(["--weights", str(ckpt), "--data", str(tiny_data), "--images", "2", "--repeats", "1", *args]) == 0
+        return capsys.readouterr().out
 
     ckpt = tmp_path / "ckpt.pth"
     _checkpoint(ckpt, (40,))
-    res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--data",
-                  str(tiny_data), "--images", "2", "--repeats", "1")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert onnx_size(tmp_path / "m.onnx") == 40 and "predicts at 40 px" in res.stdout
+    out = export("--out", str(tmp_path / "m.onnx"))
+    assert onnx_size(tmp_path / "m.onnx") == 40 and "predicts at 40 px" in out
     assert json.loads((tmp_path / "m.onnx.json").read_text())["predict_sizes"] == [40]
     _checkpoint(ckpt, (32, 40))  # two sizes: one dynamic graph takes both
-    res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "two.onnx"), "--data",
-                  str(tiny_data), "--images", "2", "--repeats", "1")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert onnx_size(tmp_path / "two.onnx") is None and "predicts at 32 + 40 px" in res.stdout
+    out = export("--out", str(tmp_path / "two.onnx"))
+    assert onnx_size(tmp_path / "two.onnx") is None and "predicts at 32 + 40 px" in out
     assert json.loads((tmp_path / "two.onnx.json").read_text())["predict_sizes"] == [32, 40]
-    res = run_cli("train.export", "--weights", str(ckpt), "--out", str(tmp_path / "one.onnx"), "--data",
-                  str(tiny_data), "--images", "2", "--repeats", "1", "--input-size", "32")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert onnx_size(tmp_path / "one.onnx") == 32 and "this graph takes 32 px only" in res.stdout
+    out = export("--out", str(tmp_path / "one.onnx"), "--input-size", "32")
+    assert onnx_size(tmp_path / "one.onnx") == 32 and "this graph takes 32 px only" in out
     assert json.loads((tmp_path / "one.onnx.json").read_text())["predict_sizes"] == [32]

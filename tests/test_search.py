@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import StopAtFit, capture_initial_weights, run_cli
+from conftest import StopAtFit, capture_initial_weights, run_cli, run_main
 
 import search.run as run_mod
 from search.rung import RungSetting
@@ -176,7 +176,7 @@ def test_workers_on_sqlite_are_refused(tiny_data, tmp_path):
     (["--recipe-from", "nope:best"], "expected STUDY or STUDY:TRIAL"),
 ])
 def test_bad_arguments(tmp_path, args, message):
-    res = run_cli("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
+    res = run_main("search.run", "--storage", f"sqlite:///{tmp_path / 's.db'}", *args, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 

@@ -103,18 +103,21 @@ def agreement(model: torch.nn.Module, onnx_path: Path, images: list[np.ndarray],
 def latency(model: torch.nn.Module, onnx_path: Path, size: int, threads: int, runs: int = 10) -> dict[str, float]:
     """Median milliseconds of one forward on a (1, 3, size, size) tensor, PyTorch and onnxruntime, `threads`
     threads each, after a warm-up run."""
-    x = torch.randn(1, 3, size, size)
-    torch.set_num_threads(threads)
+    x, previous = torch.randn(1, 3, size, size), torch.get_num_threads()
+    torch.set_num_threads(threads)  # and back after: the caller's process keeps its own thread count
     sess = session(onnx_path, threads)
     feed = {sess.get_inputs()[0].name: x.numpy()}
     times: dict[str, list[float]] = {"pytorch_ms": [], "onnxruntime_ms": []}
-    with torch.no_grad():
-        for i in range(runs + 1):
-            for key, run in (("pytorch_ms", lambda: model(x)), ("onnxruntime_ms", lambda: sess.run(None, feed))):
-                t0 = time.perf_counter()
-                run()
-                if i:  # the first run warms up
-                    times[key].append((time.perf_counter() - t0) * 1000)
+    try:
+        with torch.no_grad():
+            for i in range(runs + 1):
+                for key, run in (("pytorch_ms", lambda: model(x)), ("onnxruntime_ms", lambda: sess.run(None, feed))):
+                    t0 = time.perf_counter()
+                    run()
+                    if i:  # the first run warms up
+                        times[key].append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(previous)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
