@@ -24,26 +24,48 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           text=True, timeout=timeout)
 
 
-def run_main(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_main(module: str, *args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     """`python -m module args` through the module's own `main` in this process, for refusals and other quick
     commands: no interpreter and torch import per call (about 4 s each). The exit status is main's return value or
-    its SystemExit's (argparse's refusals); the working folder and torch's thread count are restored after."""
+    its SystemExit's (argparse's refusals; a message given as the code goes to stderr, as Python prints it);
+    warnings go to stderr as they would. Restored after: the working folder, the environment, torch's thread count
+    and random state. A command still running after `timeout` seconds fails the test (a refusal that stopped
+    refusing must not run a whole search in the test process)."""
     import contextlib
     import importlib
     import io
+    import signal
+    import warnings
 
     import torch
 
-    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    command = importlib.import_module(module)  # imported before stderr is redirected: loggers keep the real stream
+    out, err, here, env, threads = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ), torch.get_num_threads()
+
+    def too_long(signum, frame):
+        raise TimeoutError(f"run_main({module!r}, ...) still running after {timeout} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(timeout)
     try:
         os.chdir(cwd or REPO)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with torch.random.fork_rng(), warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
             try:
-                code = importlib.import_module(module).main(list(args))
+                code = command.main(list(args))
             except SystemExit as e:
                 code = e.code if e.code is None or isinstance(e.code, int) else 1
+                if not (e.code is None or isinstance(e.code, int)):
+                    print(e.code, file=err)
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         os.chdir(here)
+        os.environ.clear()
+        os.environ.update(env)
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess([module, *args], code or 0, out.getvalue(), err.getvalue())
 

@@ -48,11 +48,13 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path, dynamic: bool = F
     shapes = ({2: torch.export.Dim("height", min=32, max=4096), 3: torch.export.Dim("width", min=32, max=4096)},)
     quiet = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed. Skipping torchvision::nms"
     level, quiet.level = quiet.level, logging.ERROR
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
-                                     dynamic_shapes=shapes if dynamic else None, optimize=True)
-    quiet.level = level
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["image"], output_names=["logits"],
+                                         dynamic_shapes=shapes if dynamic else None, optimize=True)
+    finally:
+        quiet.level = level
     program.save(str(path))
 
 
