@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 
-from search.plan import BUDGET_ATTR, PLAN_ATTR, say_minutes
+from search.plan import BUDGET_ATTR, PLAN_ATTR, made_under, say_minutes
 from search.rung import rung_records
 from search.storage import StorageError, load_existing_study
 from search.timebudget import skipped_runs
@@ -64,7 +64,7 @@ def flow(out: Path) -> dict:
         "proxy_s": (max(t.datetime_complete for t in proxy) - min(t.datetime_start for t in proxy)).total_seconds()
         if proxy else None,
         "rung": rung_records(study), "plan": plan, "budget_started": started,
-        "stale_plan": bool(plan) and plan.get("budget_started") != started,
+        "stale_plan": bool(plan) and not made_under(plan, budget),
         "skipped": sorted(n for n, r in skipped_runs(study).items() if r.get("budget_started") == started),
         "phases": phase_seconds(out), "final": final, "chosen": chosen, "check": check[-1] if check else None}
 

@@ -82,6 +82,11 @@ class Ladder:
     def row(self, schedule: str) -> Row | None:
         return next((r for r in self.rows if r.schedule == schedule), None)
 
+    @property
+    def default_row(self) -> Row:
+        """The default schedule's row (the cheapest row when the default is not measured)."""
+        return self.row(self.default) or min(self.rows, key=lambda r: r.total)
+
 
 def load_ladder(device: str, path: Path | None = None) -> Ladder:
     """The ladder of a device kind ('cpu', 'cuda'); a PlanError names the file when it cannot plan (missing, or rows
@@ -215,7 +220,7 @@ def final_plan(ladder: Ladder, budget: dict, picks: dict[int, float | None], now
     """The plan at the search's end: the minutes left and, for each pick at the rung (trial number -> its predicted
     minutes at the ladder's default schedule, None when unknown), the schedule the rule gives it in them."""
     left = left_s(budget, now) - margin(budget["seconds"]) / 2
-    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    default = ladder.default_row
     schedules = {}
     for number, minutes in picks.items():
         factor = minutes / default.minutes if minutes else 1.0
@@ -235,7 +240,12 @@ def planned_gains(plan: dict, budget: dict | None) -> dict[int, float]:
     decimals). Empty without a current plan (none, or one made under an earlier budget, or by a version that recorded
     no gains)."""
     entries = (plan or {}).get("schedules", {})
-    if not plan or not budget or plan.get("budget_started") != budget.get("started") or not all("gain" in e for e in
-                                                                                   entries.values()):
+    if not made_under(plan, budget) or not all("gain" in e for e in entries.values()):
         return {}
     return {int(n): e["gain"] for n, e in entries.items()}
+
+
+def made_under(plan: dict | None, budget: dict | None) -> bool:
+    """Whether a recorded plan is the current budget's (a study searched again under a new --time-budget keeps its
+    old plan until that search ends)."""
+    return bool(plan) and bool(budget) and plan.get("budget_started") == budget.get("started")

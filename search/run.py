@@ -24,7 +24,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from search.cli import DEFAULT_TRIALS, UNLIMITED_TRIALS, parse_args, validate
-from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, parse_duration, say_minutes
+from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, made_under, parse_duration, say_minutes
 from search.rung import FAILURES, MINUTES_ATTR, PENDING_ATTR, RungSetting, run_rung
 from search.settings import (
     Settings,
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     study = open_study(s)
     planned = study.user_attrs.get(PLAN_ATTR) or {}
-    if s.time_budget and (rung_s or ran or planned.get("budget_started") != s.time_budget["started"]):
+    if s.time_budget and (rung_s or ran or not made_under(planned, s.time_budget)):
         record_plan(study, s.time_budget, best_proxy(study))  # (a resume that trained nothing keeps its plan)
     text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
         f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")

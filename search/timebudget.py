@@ -38,7 +38,7 @@ def new_budget(seconds: float, device: str, entries: int, rung_k: int, workers: 
     """A budget starting now, with its up-front plan (a PlanError when it is too small or nothing is measured)."""
     ladder = load_ladder(device_kind(device))
     planned = initial_plan(ladder, seconds, entries, rung_k, workers)
-    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    default = ladder.default_row
     return {"seconds": seconds, "started": time.time(), "device": ladder.device, **planned,
             "final_schedule": ladder.default,  # the rung predicts each pick's final at it: its speed against the row
             "final_minutes": planned["final_reserve_s"] / 60 - default.after_minutes}
@@ -85,7 +85,7 @@ def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
     """Minutes the final can take at the device's default schedule once the rung's remaining runs are done: the
     rung's time limit for picks (`--final-minutes`) under the budget."""
     ladder = ladder_of(budget)
-    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
+    default = ladder.default_row
     done = len(rung_records(study))
     runs_left = max(0, (k + 2 if k else 0) - done)
     left = left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.rung_run_seconds
@@ -123,8 +123,7 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
 def picks_limit(plan: dict, ladder: Ladder) -> float:
     """The rung's limit for picks under a plan: a pick's final at the default schedule, training and scoring, must fit
     in the minutes the plan has for the final."""
-    default = ladder.row(ladder.default) or min(ladder.rows, key=lambda r: r.total)
-    return max(0.0, plan["planned_from"] - default.after_minutes)
+    return max(0.0, plan["planned_from"] - ladder.default_row.after_minutes)
 
 
 def skipped_runs(study: optuna.Study) -> dict[int, dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, say_minutes
+from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, made_under, say_minutes
 from search.records import recipe_and_architecture
 from search.rung import best_by_rung, current_setting, rung_records, unfinished_note, verdict
 from search.storage import DEFAULT_STORAGE, StorageError, open_storage, pick_trial, require_study, study_names
@@ -102,7 +102,7 @@ def choose_trial(storage: optuna.storages.BaseStorage, study: str, number: int |
     chosen = _chosen(loaded, number)
     plan, budget = loaded.user_attrs.get(PLAN_ATTR) or {}, loaded.user_attrs.get(BUDGET_ATTR) or {}
     entry = plan.get("schedules", {}).get(str(chosen.trial.number))
-    if entry and budget and plan.get("budget_started") != budget["started"]:  # searched again under a newer budget
+    if entry and budget and not made_under(plan, budget):  # searched again under a newer budget
         print(f"note: study {study!r}: its time-budget plan was made under an earlier budget, and the search under "
               f"the current one has not finished (re-run the search command to plan): the plan is not followed",
               flush=True)
