@@ -11,8 +11,12 @@ mean among those that fit in M, and the cheapest row within the ladder's seed sp
   the proxy phase's. A budget too small for the cheapest final is refused, saying the smallest that works.
 - **Proxy trials** start only while one more fits before the proxy phase's end (FLAML's rule: the time left covers
   one more trial and the rest): `may_start_trial`, each worker before each trial, from the trials' own durations.
-- **Rung runs** start only when they end before the cheapest final must begin (`rung_gate`); the rung's time limit
-  for picks (`--final-minutes`) is the time the plan leaves for the final.
+- **Rung runs** are reserved at the reference's rung run for the reference and at the ladder's pick rung run (the
+  picks of the committed CPU flows trained 1.2x as long as the reference on average) for the others. One starts only
+  when it ends before the final the plan protects must begin (`rung_gate`): the plan's target, or, when the time left
+  no longer affords it, the row the time left affords now; a rung run costs the final a step of the ladder only when
+  it overruns its estimate by more than half the margin.
+  The rung's time limit for picks (`--final-minutes`) is the time the plan leaves for the final.
 - **At the search's end** (`final_plan`): for every pick at the rung, the schedule its final gets in the minutes
   left, from the ladder's minutes scaled by the pick's own speed at the rung (its predicted minutes at the ladder's
   default row over that row's). The study records the plan (`PLAN_ATTR`); `train.final` follows it, and chooses
@@ -72,6 +76,11 @@ class Ladder:
     rung_run_seconds: float  # one rung run of the ladder's network, alone (the reference's)
     proxy_trial_seconds: float  # one proxy trial of it, as the CPU flows ran them
     path: Path
+    rung_pick_seconds: float | None = None  # one rung run of a pick (None: the reference's figure)
+
+    @property
+    def pick_run_seconds(self) -> float:
+        return self.rung_pick_seconds or self.rung_run_seconds
 
     @property
     def spread(self) -> float:
@@ -103,7 +112,7 @@ def load_ladder(device: str, path: Path | None = None) -> Ladder:
         raise PlanError(f"--time-budget on {device}: the schedule ladder {path} has no measured rows yet "
                         f"({data.get('note', 'measure it first')})")
     return Ladder(device, data["network"], measured, data["default"], data["rung_run_seconds"],
-                  data["proxy_trial_seconds"], Path(path))
+                  data["proxy_trial_seconds"], Path(path), data.get("rung_pick_seconds"))
 
 
 _UNITS = {"h": 3600, "m": 60, "s": 1}
@@ -151,9 +160,9 @@ def proxy_minimum(ladder: Ladder, entries: int, k: int, workers: int = 1) -> flo
 
 
 def rung_reserve(ladder: Ladder, k: int) -> float:
-    """The rung's seconds for `k` picks: theirs, the reference's and the recipe stage's (none without picks: the
-    rung is off, and train.final retrains the proxy's best)."""
-    return (k + 2) * ladder.rung_run_seconds if k else 0.0
+    """The rung's seconds for `k` picks: the reference's run at its figure, the picks' and the recipe stage's at the
+    pick figure (none without picks: the rung is off, and train.final retrains the proxy's best)."""
+    return ladder.rung_run_seconds + (k + 1) * ladder.pick_run_seconds if k else 0.0
 
 
 def initial_plan(ladder: Ladder, budget_s: float, entries: int, rung_k: int, workers: int = 1) -> dict:
@@ -198,21 +207,41 @@ def left_s(budget: dict, now: float | None = None) -> float:
     return budget["started"] + budget["seconds"] - (time.time() if now is None else now)
 
 
-def rung_run_estimate(ladder: Ladder, ref_seconds: float | None, ref_ips: float | None, ips: float | None) -> float:
+def rung_run_estimate(ladder: Ladder, ref_seconds: float | None, ref_ips: float | None, ips: float | None,
+                      pick: bool = True) -> float:
     """One rung run's seconds: the reference's rung run (once it is done, else the ladder's) times the reference's
-    proxy images/s over the pick's (as `search.rung.proxy_minutes` foretells a final)."""
+    proxy images/s over the pick's (as `search.rung.proxy_minutes` foretells a final); for a pick (not the reference
+    itself), at least the ladder's pick rung run (the reference's without a pick figure), scaled as the reference's
+    run here is to the ladder's. Proxy speed foretold the committed CPU flows' pick runs at 0.6x to 1.4x: the floor
+    bounds the under-estimates."""
     base = ref_seconds or ladder.rung_run_seconds
-    return base * ref_ips / ips if ref_ips and ips else base
+    by_speed = base * ref_ips / ips if ref_ips and ips else base
+    if not pick:
+        return by_speed
+    return max(by_speed, ladder.pick_run_seconds * base / ladder.rung_run_seconds)
+
+
+def protected_row(budget: dict, ladder: Ladder, now: float | None = None) -> Row:
+    """The final a rung run must leave time for: the plan's target (`final_target`), or the row `final_plan` would
+    give the time left now when that is cheaper (the target is already out of reach); the cheapest row when neither
+    is known (a ladder without the target's row) or nothing fits."""
+    cheapest = min(ladder.rows, key=lambda r: r.total)
+    target = ladder.row(budget.get("final_target") or "")
+    now_row = choose_row(ladder, (left_s(budget, now) - margin(budget["seconds"]) / 2) / 60)
+    if target is None or now_row is None:
+        return cheapest
+    return now_row if now_row.total < target.total else target
 
 
 def rung_gate(budget: dict, ladder: Ladder, run_s: float, now: float | None = None) -> str | None:
-    """Why a rung run of `run_s` seconds must not start (None: it may): it would end after the cheapest final must
-    begin."""
-    cheapest = min(ladder.rows, key=lambda r: r.total)
-    room = left_s(budget, now) - margin(budget["seconds"]) - cheapest.total * 60
+    """Why a rung run of `run_s` seconds must not start (None: it may): it would end after the final the plan
+    protects (`protected_row`) must begin, with the whole margin kept (`final_plan` plans from half of it: the other
+    half absorbs a run that overruns its estimate)."""
+    row = protected_row(budget, ladder, now)
+    room = left_s(budget, now) - margin(budget["seconds"]) - row.total * 60
     if room < run_s:
         return (f"the time budget: it would take about {say_minutes(run_s)}, and {say_minutes(room)} remain before "
-                f"the cheapest final ({cheapest.schedule}, about {cheapest.total:.0f} min) must start")
+                f"the final ({row.schedule}, about {row.total:.0f} min) must start")
     return None
 
 

@@ -86,9 +86,11 @@ def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
     rung's time limit for picks (`--final-minutes`) under the budget."""
     ladder = ladder_of(budget)
     default = ladder.default_row
-    done = len(rung_records(study))
-    runs_left = max(0, (k + 2 if k else 0) - done)
-    left = left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.rung_run_seconds
+    records, ref = rung_records(study), reference(study)
+    runs_left = max(0, (k + 2 if k else 0) - len(records))
+    ref_left = runs_left > 0 and ref is not None and ref.number not in records  # its run at its own figure
+    left = (left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.pick_run_seconds
+            - ref_left * (ladder.rung_run_seconds - ladder.pick_run_seconds))
     return max(0.0, left / 60 - default.after_minutes)
 
 
@@ -102,7 +104,8 @@ def gate(study: optuna.Study, budget: dict) -> Callable[[optuna.trial.FrozenTria
         network = trial.user_attrs.get("recipe_stage", {}).get("network_of", trial.number)
         ips = study.trials[network].user_attrs.get("train_images_per_s")
         run_s = rung_run_estimate(ladder, ref_record and ref_record.get("seconds"),
-                                  ref.user_attrs.get("train_images_per_s") if ref is not None else None, ips)
+                                  ref.user_attrs.get("train_images_per_s") if ref is not None else None, ips,
+                                  pick=ref is None or trial.number != ref.number)
         return rung_gate(budget, ladder, run_s)
     return ask
 
@@ -163,8 +166,9 @@ def choose_pick(records: dict[int, dict], made: dict, budget: dict, ladder: Ladd
 def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) -> dict:
     """What the planner would do with `budget_s` on a finished study, planning only: the study's proxy trials in
     their order and with their durations, run by `workers` processes while one more fits; the rung's recorded runs,
-    each only when it ends in time; then the final's schedule for the rung's pick. The picks are the study's own (a
-    shorter proxy phase could have promoted others: the replay cannot know which)."""
+    each only when the live gate would start it (from its estimate before the run), taking its recorded seconds;
+    then the final's schedule for the rung's pick. The picks are the study's own (a shorter proxy phase could have
+    promoted others: the replay cannot know which)."""
     ladder = load_ladder(device_kind(study.user_attrs.get("proxy", {}).get("device", "cpu")))
     entries = sum("portfolio" in t.user_attrs for t in study.trials)
     up_front = initial_plan(ladder, budget_s, entries, rung_k, workers)
@@ -187,16 +191,26 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
     ref = reference(study)
     order = sorted(records, key=lambda n: (ref is None or n != ref.number, n))
     trained = {}
+    ref_ips = ref.user_attrs.get("train_images_per_s") if ref is not None else None
     for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 0]:
-        seconds = records[n]["seconds"]
-        if rung_gate(budget, ladder, seconds, now=now) is None:
-            now += seconds
+        network = study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n)
+        is_ref = ref is not None and n == ref.number
+        estimate = rung_run_estimate(ladder, trained[ref.number]["seconds"] if ref is not None and ref.number in trained
+                                     else None, ref_ips, study.trials[network].user_attrs.get("train_images_per_s"),
+                                     pick=not is_ref)  # what the live gate would have foretold; the clock runs the
+        if rung_gate(budget, ladder, estimate, now=now) is None:  # recorded seconds
+            now += records[n]["seconds"]
             trained[n] = records[n]
-    made = final_plan(ladder, budget, {n: r.get("final_minutes") for n, r in trained.items()} or {0: None}, now=now)
+    proxied_best = max((t for t in study.trials[:ran] if t.value is not None and "recipe_stage" not in t.user_attrs),
+                       key=lambda t: t.value, default=None)  # what train.final retrains without rung runs
+    fallback = proxied_best.number if proxied_best is not None else 0
+    made = final_plan(ladder, budget, {n: r.get("final_minutes") for n, r in trained.items()} or {fallback: None},
+                      now=now)
     pick = choose_pick(trained, made, budget, ladder)
-    entry = made["schedules"][str(pick if pick is not None else 0)]
+    entry = made["schedules"][str(pick if pick is not None else fallback)]
     return {"budget_s": budget_s, "proxy_trials": ran, "proxy_s": max(free) if ran else 0.0,
-            "rung_runs": len(trained), "search_s": now, "pick": pick, **entry,
+            "rung_runs": len(trained), "search_s": now, "pick": pick if pick is not None else fallback,
+            "by": "rung" if pick is not None else "proxy", **entry,
             "final_target": up_front["final_target"], "minutes_left": made["minutes_left"]}
 
 
@@ -235,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {say_minutes(r['budget_s'])} | refused: {r['refused']} | | | | | |")
             continue
         whole = r["search_s"] / 60 + r["minutes"]
+        pick = f"#{r['pick']}" + (" (the proxy's best: no rung run)" if r["by"] == "proxy" else "")
         print(f"| {say_minutes(r['budget_s'])} | {r['proxy_trials']} ({r['proxy_s'] / 60:.0f} min) | {r['rung_runs']} "
-              f"| {r['search_s'] / 60:.0f} min | #{r['pick']} | {r['schedule']} ({r['minutes']:.0f} min; ladder mean "
+              f"| {r['search_s'] / 60:.0f} min | {pick} | {r['schedule']} ({r['minutes']:.0f} min; ladder mean "
               f"{r['val_f_mean']:.4f}) | {whole:.0f} min |")
     return 0
 

@@ -285,3 +285,103 @@ def test_the_portfolio_always_trains_and_a_spent_budget_says_so():
     study.tell(study.ask(), 0.5)
     assert not may_take_another(study, spent)
     assert "the budget is spent: give --time-budget again" in proxy_end_note(spent, 0)
+
+
+SLOW_PICKS = Ladder("cpu", "net", LADDER.rows, "a", 300.0, 30.0, Path("cpu.json"), rung_pick_seconds=390.0)
+
+
+def test_the_rung_reserves_the_picks_runs_at_the_picks_figure():
+    assert plan.rung_reserve(SLOW_PICKS, 3) == 300.0 + 4 * 390.0  # the reference's run, three picks, the stage's
+    assert plan.rung_reserve(LADDER, 3) == 5 * 300.0  # a ladder without a pick figure: the reference's for all
+    assert plan.rung_reserve(SLOW_PICKS, 0) == 0.0
+    assert plan.rung_run_estimate(SLOW_PICKS, None, 50.0, 50.0, pick=False) == 300.0
+    assert plan.rung_run_estimate(SLOW_PICKS, None, 50.0, 50.0) == 390.0  # as fast by proxy speed: the pick floor
+    assert plan.rung_run_estimate(SLOW_PICKS, 330.0, 50.0, 25.0) == 660.0  # twice as slow: by speed, from the ref
+    assert plan.rung_run_estimate(SLOW_PICKS, 330.0, 50.0, 50.0) == pytest.approx(390.0 * 1.1)  # floor scaled too
+    assert plan.rung_run_estimate(LADDER, None, 50.0, 100.0) == 300.0  # without a pick figure: the reference's run
+
+
+@pytest.mark.parametrize("actual", [300.0, 390.0, 430.0])
+def test_the_target_final_is_still_affordable_after_the_rung(actual):
+    """The rung's runs, each started only when the gate lets it, leave the plan's target final whatever the picks
+    take (the 3-hour CPU flow's picks ran 1.0x to 1.45x the reference's rung run: its final fell to a cheaper row
+    when the gate protected only the cheapest final)."""
+    budget_s = 3 * 3600.0
+    up_front = plan.initial_plan(SLOW_PICKS, budget_s, entries=4, rung_k=3)
+    assert up_front["final_target"] == "c" and up_front["rung_k"] == 3
+    budget = {"seconds": budget_s, "started": 0.0, **up_front}
+    now, ran = up_front["proxy_until"], 0  # the proxy phase ends on time
+    for number in range(up_front["rung_k"] + 2):  # the reference first, then the picks, each `actual` s at most
+        seconds = 300.0 if number == 0 else actual
+        estimate = plan.rung_run_estimate(SLOW_PICKS, 300.0 if number else None, 50.0, 50.0, pick=number > 0)
+        if plan.rung_gate(budget, SLOW_PICKS, estimate, now=now) is None:
+            now, ran = now + seconds, ran + 1
+    made = plan.final_plan(SLOW_PICKS, budget, {0: 30.0}, now=now)
+    assert made["schedules"]["0"]["schedule"] == "c", (ran, made)
+    assert ran == (5 if actual <= 390.0 else 4)  # the runs the reserve holds; one skipped when they overrun it
+
+
+def test_a_rung_run_never_costs_the_final_a_step_once_the_target_is_out_of_reach():
+    budget = {"seconds": 3 * 3600.0, "started": 0.0, "final_target": "c"}
+    m = plan.margin(budget["seconds"])
+    target_start = budget["seconds"] - m - 75 * 60  # c (75 min with its after-training part) must start here
+    assert plan.protected_row(budget, SLOW_PICKS, now=target_start - 400).schedule == "c"
+    assert plan.rung_gate(budget, SLOW_PICKS, 390.0, now=target_start - 400) is None
+    assert "before the final (c, about 75 min)" in plan.rung_gate(budget, SLOW_PICKS, 390.0, now=target_start - 300)
+    # within half a margin past c's start, final_plan still plans c (from the time left less half the margin): the
+    # gate keeps protecting it
+    assert plan.protected_row(budget, SLOW_PICKS, now=target_start + 60).schedule == "c"
+    assert plan.rung_gate(budget, SLOW_PICKS, 390.0, now=target_start + 60) is not None
+    made = plan.final_plan(SLOW_PICKS, budget, {0: 30.0}, now=target_start + 60)
+    assert made["schedules"]["0"]["schedule"] == "c"
+    late = target_start + m / 2 + 12  # the proxy phase overran: c is out of reach, b (48 min) is what is affordable
+    assert plan.final_plan(SLOW_PICKS, budget, {0: 30.0}, now=late)["schedules"]["0"]["schedule"] == "b"
+    assert plan.protected_row(budget, SLOW_PICKS, now=late).schedule == "b"
+    assert plan.rung_gate(budget, SLOW_PICKS, 390.0, now=late) is None  # 27 min to spare before b
+    assert "before the final (b," in plan.rung_gate(budget, SLOW_PICKS, 390.0, now=late + 26 * 60)
+    assert plan.protected_row({**budget, "final_target": None}, SLOW_PICKS, now=late).schedule == "a"  # an old budget
+
+
+def test_the_rungs_limit_for_picks_holds_the_reference_at_its_figure_and_the_rest_at_the_picks():
+    from search.timebudget import rung_limit
+    from tests.test_rung import _lever_study
+
+    study = _lever_study()  # #2 the reference, no rung run yet
+    ladder = plan.load_ladder("cpu")
+    budget = {"seconds": 3 * 3600.0, "started": time.time(), "device": "cpu"}
+    runs = ladder.rung_run_seconds + 4 * ladder.pick_run_seconds  # the reference's, three picks', the stage's
+    expected = (plan.left_s(budget) - plan.margin(budget["seconds"]) - runs) / 60 - ladder.default_row.after_minutes
+    assert rung_limit(study, budget, 3) == pytest.approx(expected, abs=0.05)
+    assert rung_limit(study, budget, 0) == pytest.approx(expected + runs / 60, abs=0.05)  # no rung: nothing held
+
+
+COMMITTED = REPO / "docs" / "studies" / "cpu-flow-s0-lever.journal"
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="the committed flow study docs/studies/cpu-flow-s0-lever.journal")
+def test_the_replay_gates_rung_runs_on_what_the_live_gate_foretells(monkeypatch):
+    """The replay asks the gate with each run's estimate before it ran (not its recorded seconds), and without rung
+    runs ships the proxy's best of the trials it replayed."""
+    import search.timebudget as tb
+    from search.rung import reference, rung_records
+    from search.storage import load_existing_study
+
+    study = load_existing_study(str(COMMITTED), "cpu-flow-s0")
+    asked = []
+    real_gate = tb.rung_gate
+    monkeypatch.setattr(tb, "rung_gate", lambda budget, ladder, run_s, now=None: asked.append(run_s)
+                        or real_gate(budget, ladder, run_s, now=now))
+    made = tb.replay(study, 3 * 3600.0, workers=2)
+    ladder, ref, records = tb.ladder_of({"device": "cpu"}), reference(study), rung_records(study)
+    assert made["by"] == "rung" and made["rung_runs"] == len(asked) == len(records)
+    ips = {n: study.trials[study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n)]
+           .user_attrs["train_images_per_s"] for n in records}
+    order = sorted(records, key=lambda n: (n != ref.number, n))
+    foretold = [plan.rung_run_estimate(ladder, records[ref.number]["seconds"] if n != ref.number else None,
+                                       ips[ref.number], ips[n], pick=n != ref.number) for n in order]
+    assert asked == pytest.approx(foretold)
+    assert asked != pytest.approx([records[n]["seconds"] for n in order])  # the recorded seconds were not asked
+    short = tb.replay(study, 3600.0, workers=2)  # 1 hour: no rung
+    assert short["by"] == "proxy" and short["rung_runs"] == 0
+    replayed = [t for t in study.trials[:short["proxy_trials"]] if t.value is not None]
+    assert short["pick"] == max(replayed, key=lambda t: t.value).number
