@@ -23,7 +23,7 @@ from search.plan import (
     rung_run_estimate,
     say_minutes,
 )
-from search.rung import MINUTES_ATTR, current_setting, pick_of, reference, rung_records, within
+from search.rung import MINUTES_ATTR, STAGE_ATTR, current_setting, pick_of, reference, rung_records, within
 
 
 def device_kind(device: str) -> str:
@@ -88,10 +88,24 @@ def rung_limit(study: optuna.Study, budget: dict, k: int) -> float:
     default = ladder.default_row
     records, ref = rung_records(study), reference(study)
     runs_left = max(0, (k + 2 if k else 0) - len(records))
-    ref_left = runs_left > 0 and ref is not None and ref.number not in records  # its run at its own figure
-    left = (left_s(budget) - margin(budget["seconds"]) - runs_left * ladder.pick_run_seconds
-            - ref_left * (ladder.rung_run_seconds - ladder.pick_run_seconds))
+    ref_left = int(runs_left > 0 and ref is not None and ref.number not in records)  # held at its own figure
+    held = ref_left * ladder.rung_run_seconds + (runs_left - ref_left) * ladder.pick_run_seconds
+    left = left_s(budget) - margin(budget["seconds"]) - held
     return max(0.0, left / 60 - default.after_minutes)
+
+
+def network_of(study: optuna.Study, number: int) -> int:
+    """The trial whose network trial `number` trains: a recipe stage's network trial, else itself."""
+    return study.trials[number].user_attrs.get(STAGE_ATTR, {}).get("network_of", number)
+
+
+def foretold_run(study: optuna.Study, ladder: Ladder, number: int, ref: optuna.trial.FrozenTrial | None,
+                 ref_seconds: float | None) -> float:
+    """What the gate foretells for trial `number`'s rung run (`rung_run_estimate`), from its network's proxy images/s
+    and the reference's, and the reference's rung seconds once its run is done (`ref_seconds`, else None)."""
+    ips = study.trials[network_of(study, number)].user_attrs.get("train_images_per_s")
+    return rung_run_estimate(ladder, ref_seconds, ref.user_attrs.get("train_images_per_s") if ref is not None else None,
+                             ips, pick=ref is None or number != ref.number)
 
 
 def gate(study: optuna.Study, budget: dict) -> Callable[[optuna.trial.FrozenTrial], str | None]:
@@ -101,12 +115,8 @@ def gate(study: optuna.Study, budget: dict) -> Callable[[optuna.trial.FrozenTria
     def ask(trial: optuna.trial.FrozenTrial) -> str | None:
         ref = reference(study)
         ref_record = rung_records(study).get(ref.number) if ref is not None else None
-        network = trial.user_attrs.get("recipe_stage", {}).get("network_of", trial.number)
-        ips = study.trials[network].user_attrs.get("train_images_per_s")
-        run_s = rung_run_estimate(ladder, ref_record and ref_record.get("seconds"),
-                                  ref.user_attrs.get("train_images_per_s") if ref is not None else None, ips,
-                                  pick=ref is None or trial.number != ref.number)
-        return rung_gate(budget, ladder, run_s)
+        return rung_gate(budget, ladder, foretold_run(study, ladder, trial.number, ref,
+                                                      ref_record and ref_record.get("seconds")))
     return ask
 
 
@@ -185,20 +195,16 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
         ran += 1
     now = max(free) if ran else 0.0
     def proxied(n: int) -> bool:  # its network had its proxy trial within the replayed proxy phase
-        return study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n) < ran
+        return network_of(study, n) < ran
 
     records = {n: r for n, r in rung_records(study).items() if proxied(n)}
     ref = reference(study)
     order = sorted(records, key=lambda n: (ref is None or n != ref.number, n))
     trained = {}
-    ref_ips = ref.user_attrs.get("train_images_per_s") if ref is not None else None
     for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 0]:
-        network = study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n)
-        is_ref = ref is not None and n == ref.number
-        estimate = rung_run_estimate(ladder, trained[ref.number]["seconds"] if ref is not None and ref.number in trained
-                                     else None, ref_ips, study.trials[network].user_attrs.get("train_images_per_s"),
-                                     pick=not is_ref)  # what the live gate would have foretold; the clock runs the
-        if rung_gate(budget, ladder, estimate, now=now) is None:  # recorded seconds
+        ref_seconds = trained[ref.number]["seconds"] if ref is not None and ref.number in trained else None
+        estimate = foretold_run(study, ladder, n, ref, ref_seconds)  # what the live gate would have foretold; the
+        if rung_gate(budget, ladder, estimate, now=now) is None:  # clock runs the recorded seconds
             now += records[n]["seconds"]
             trained[n] = records[n]
     proxied_best = max((t for t in study.trials[:ran] if t.value is not None and "recipe_stage" not in t.user_attrs),

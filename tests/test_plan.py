@@ -374,8 +374,7 @@ def test_the_replay_gates_rung_runs_on_what_the_live_gate_foretells(monkeypatch)
     made = tb.replay(study, 3 * 3600.0, workers=2)
     ladder, ref, records = tb.ladder_of({"device": "cpu"}), reference(study), rung_records(study)
     assert made["by"] == "rung" and made["rung_runs"] == len(asked) == len(records)
-    ips = {n: study.trials[study.trials[n].user_attrs.get("recipe_stage", {}).get("network_of", n)]
-           .user_attrs["train_images_per_s"] for n in records}
+    ips = {n: study.trials[tb.network_of(study, n)].user_attrs["train_images_per_s"] for n in records}
     order = sorted(records, key=lambda n: (n != ref.number, n))
     foretold = [plan.rung_run_estimate(ladder, records[ref.number]["seconds"] if n != ref.number else None,
                                        ips[ref.number], ips[n], pick=n != ref.number) for n in order]
