@@ -183,10 +183,9 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
     entries = sum("portfolio" in t.user_attrs for t in study.trials)
     up_front = initial_plan(ladder, budget_s, entries, rung_k, workers)
     budget = {"seconds": budget_s, "started": 0.0, **up_front}
-    durations = [t.duration.total_seconds() for t in study.trials
-                 if t.duration is not None and "recipe_stage" not in t.user_attrs]
+    proxy = [t for t in study.trials if t.duration is not None and STAGE_ATTR not in t.user_attrs]  # number order
     free, done, ran = [0.0] * workers, [], 0
-    for seconds in durations:  # each trial goes to the worker that is free first
+    for seconds in (t.duration.total_seconds() for t in proxy):  # each goes to the worker that is free first
         w = min(range(workers), key=lambda i: free[i])
         if not may_start_trial(budget, done, ladder, now=free[w]):
             break
@@ -194,8 +193,11 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
         done.append(seconds)
         ran += 1
     now = max(free) if ran else 0.0
+    replayed = proxy[:ran]  # a recipe stage or an unfinished trial between them shifts no position
+    numbers = {t.number for t in replayed}
+
     def proxied(n: int) -> bool:  # its network had its proxy trial within the replayed proxy phase
-        return network_of(study, n) < ran
+        return network_of(study, n) in numbers
 
     records = {n: r for n, r in rung_records(study).items() if proxied(n)}
     ref = reference(study)
@@ -207,8 +209,8 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
         if rung_gate(budget, ladder, estimate, now=now) is None:  # clock runs the recorded seconds
             now += records[n]["seconds"]
             trained[n] = records[n]
-    proxied_best = max((t for t in study.trials[:ran] if t.value is not None and "recipe_stage" not in t.user_attrs),
-                       key=lambda t: t.value, default=None)  # what train.final retrains without rung runs
+    # what train.final retrains without rung runs
+    proxied_best = max((t for t in replayed if t.value is not None), key=lambda t: t.value, default=None)
     fallback = proxied_best.number if proxied_best is not None else 0
     made = final_plan(ladder, budget, {n: r.get("final_minutes") for n, r in trained.items()} or {fallback: None},
                       now=now)

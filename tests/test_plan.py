@@ -384,3 +384,26 @@ def test_the_replay_gates_rung_runs_on_what_the_live_gate_foretells(monkeypatch)
     assert short["by"] == "proxy" and short["rung_runs"] == 0
     replayed = [t for t in study.trials[:short["proxy_trials"]] if t.value is not None]
     assert short["pick"] == max(replayed, key=lambda t: t.value).number
+
+
+def test_the_replay_counts_proxy_trials_past_a_recipe_stage_trial_between_them():
+    """A study resumed after a rung has a recipe stage trial among its proxy trials: the replay's proxy phase skips
+    it, and its pick without a rung is the best of the proxy trials it replayed, the last of them included."""
+    from datetime import datetime, timedelta
+
+    from search.rung import STAGE_ATTR
+    from search.timebudget import replay
+
+    study = optuna.create_study(direction="maximize")
+    start = datetime(2026, 12, 7)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for i in range(40):
+        attrs = {"portfolio": "net"} if i == 0 else {STAGE_ATTR: {"network_of": 2, "recipe_of": 0}} if i == 1 else {}
+        trial = optuna.trial.create_trial(params={"x": i / 40}, distributions=dist, value=0.1 + i / 100,
+                                          user_attrs=attrs)  # each better than the last
+        trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=200)
+        study.add_trial(trial)
+    made = replay(study, 3600.0, workers=2)
+    ran = made["proxy_trials"]
+    assert made["by"] == "proxy" and 2 < ran < 39
+    assert made["pick"] == ran  # trials 0, 2, ..., ran: the recipe stage #1 took no place among them
