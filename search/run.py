@@ -24,7 +24,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from search.cli import DEFAULT_TRIALS, UNLIMITED_TRIALS, parse_args, validate
-from search.plan import BUDGET_ATTR, PLAN_ATTR, left_s, made_under, parse_duration, say_minutes
+from search.plan import BUDGET_ATTR, left_s, parse_duration, say_minutes
 from search.rung import FAILURES, MINUTES_ATTR, PENDING_ATTR, RungSetting, run_rung
 from search.settings import (
     Settings,
@@ -37,8 +37,8 @@ from search.settings import (
 )
 from search.storage import StorageError, open_storage, require_study, storage_exists
 from search.summary import save_dashboard_note, summary
+from search.timebudget import close_plan, gate, may_take_another, new_budget, proxy_end_note, rung_limit
 from search.timebudget import describe as describe_budget
-from search.timebudget import gate, may_take_another, new_budget, proxy_end_note, record_plan, rung_limit
 from search.workers import fail_dead_trials, retry_once, take_trial, this_worker
 from space.budget import count_flops
 from space.config import BUDGET
@@ -312,9 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if rung_s is None:
         return 130
     study = open_study(s)
-    planned = study.user_attrs.get(PLAN_ATTR) or {}
-    if s.time_budget and (rung_s or ran or not made_under(planned, s.time_budget)):
-        record_plan(study, s.time_budget, best_proxy(study))  # (a resume that trained nothing keeps its plan)
+    if s.time_budget:  # a resume that trained nothing keeps its plan
+        close_plan(study, s.time_budget, bool(rung_s or ran), best_proxy(study))
     text = summary(study, s) + (f"\nrung 2: {rung_s:.0f} s of training" + (
         f" ({rung_s / proxy_s:.0%} of this run's proxy phase)" if proxy_s > 1 else "") if rung.k else "")
     save_dashboard_note(study, s, text)

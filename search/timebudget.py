@@ -16,6 +16,7 @@ from search.plan import (
     initial_plan,
     left_s,
     load_ladder,
+    made_under,
     margin,
     may_start_trial,
     planned_gains,
@@ -133,6 +134,17 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
     return plan
 
 
+def close_plan(study: optuna.Study, budget: dict, trained: bool, fallback: int | None) -> None:
+    """At the search's end under `budget`: record the plan when this invocation trained something or the study holds
+    none made under this budget; else keep the recorded plan and put back its limit for picks (the rung set the
+    limit from the time left when it began, none once the budget is spent, and `train.final --study best` reads it)."""
+    planned = study.user_attrs.get(PLAN_ATTR) or {}
+    if trained or not made_under(planned, budget):
+        record_plan(study, budget, fallback)
+    else:
+        study.set_user_attr(MINUTES_ATTR, picks_limit(planned, ladder_of(budget)))
+
+
 def picks_limit(plan: dict, ladder: Ladder) -> float:
     """The rung's limit for picks under a plan: a pick's final at the default schedule, training and scoring, must fit
     in the minutes the plan has for the final."""
@@ -209,8 +221,9 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
         if rung_gate(budget, ladder, estimate, now=now) is None:  # clock runs the recorded seconds
             now += records[n]["seconds"]
             trained[n] = records[n]
-    # what train.final retrains without rung runs
-    proxied_best = max((t for t in replayed if t.value is not None), key=lambda t: t.value, default=None)
+    # what train.final retrains without rung runs: the best complete trial (pruned ones carry a value too)
+    proxied_best = max((t for t in replayed if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value,
+                       default=None)
     fallback = proxied_best.number if proxied_best is not None else 0
     made = final_plan(ladder, budget, {n: r.get("final_minutes") for n, r in trained.items()} or {fallback: None},
                       now=now)

@@ -386,24 +386,65 @@ def test_the_replay_gates_rung_runs_on_what_the_live_gate_foretells(monkeypatch)
     assert short["pick"] == max(replayed, key=lambda t: t.value).number
 
 
-def test_the_replay_counts_proxy_trials_past_a_recipe_stage_trial_between_them():
-    """A study resumed after a rung has a recipe stage trial among its proxy trials: the replay's proxy phase skips
-    it, and its pick without a rung is the best of the proxy trials it replayed, the last of them included."""
+def _replay_study(n: int = 40) -> optuna.Study:
+    """A finished study of `n` trials of 200 s, each better than the last: #0 a portfolio entry, #1 a recipe stage
+    (a study resumed after a rung holds one among its proxy trials), #5 pruned with the best value of all."""
     from datetime import datetime, timedelta
 
     from search.rung import STAGE_ATTR
-    from search.timebudget import replay
 
     study = optuna.create_study(direction="maximize")
-    start = datetime(2026, 12, 7)
-    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    for i in range(40):
+    start, dist = datetime(2026, 12, 7), {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for i in range(n):
         attrs = {"portfolio": "net"} if i == 0 else {STAGE_ATTR: {"network_of": 2, "recipe_of": 0}} if i == 1 else {}
-        trial = optuna.trial.create_trial(params={"x": i / 40}, distributions=dist, value=0.1 + i / 100,
-                                          user_attrs=attrs)  # each better than the last
+        pruned = i == 5
+        trial = optuna.trial.create_trial(
+            params={"x": i / n}, distributions=dist, user_attrs=attrs,
+            state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+            value=0.99 if pruned else 0.1 + i / 100)
         trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=200)
         study.add_trial(trial)
-    made = replay(study, 3600.0, workers=2)
+    return study
+
+
+def test_the_replay_counts_proxy_trials_past_a_recipe_stage_trial_and_retrains_a_complete_one():
+    """Without a rung the replay's pick is what train.final retrains: the best complete trial among the proxy trials
+    it replayed, the last of them included (a recipe stage trial among them takes no place)."""
+    from search.timebudget import replay
+
+    made = replay(_replay_study(), 3600.0, workers=2)
     ran = made["proxy_trials"]
-    assert made["by"] == "proxy" and 2 < ran < 39
-    assert made["pick"] == ran  # trials 0, 2, ..., ran: the recipe stage #1 took no place among them
+    assert made["by"] == "proxy" and 5 < ran < 39  # the pruned #5 among them
+    assert made["pick"] == ran  # trials 0, 2, ..., ran (not the pruned #5)
+
+
+def test_the_replay_trains_at_the_rung_a_pick_whose_network_it_replayed_last(monkeypatch):
+    import search.timebudget as tb
+
+    study = _replay_study()
+    last = len(study.trials) - 1  # at 3 hours all 39 proxy trials fit; #39 is the last of them
+    monkeypatch.setattr(tb, "rung_records", lambda s: {last: {"f": 0.77, "seconds": 300.0, "final_minutes": 30.0}})
+    made = tb.replay(study, 3 * 3600.0, workers=2)
+    assert made["proxy_trials"] == 39 and made["by"] == "rung" and made["pick"] == last and made["rung_runs"] == 1
+
+
+def test_a_resume_that_trains_nothing_keeps_its_plan_and_the_plans_limit_for_picks():
+    """The resumed rung sets the limit for picks from the time left (none once the budget is spent); the search's end
+    puts back the kept plan's, which train.final --study best reads (it compared every pick after such a resume)."""
+    from search.plan import BUDGET_ATTR, PLAN_ATTR
+    from search.rung import MINUTES_ATTR
+    from search.timebudget import close_plan, picks_limit
+
+    budget = {"started": 0.0, "seconds": 3 * 3600.0, "device": "cpu"}
+    ladder = plan.load_ladder("cpu")
+    made = plan.final_plan(ladder, budget, {0: 30.0, 7: 70.0}, now=3 * 3600.0 - 80 * 60)
+    study = optuna.create_study()
+    study.set_user_attr(BUDGET_ATTR, budget)
+    study.set_user_attr(PLAN_ATTR, made)
+    study.set_user_attr(MINUTES_ATTR, 0.0)  # what the rung set, the budget spent
+    close_plan(study, budget, trained=False, fallback=None)
+    assert study.user_attrs[PLAN_ATTR] == made
+    assert study.user_attrs[MINUTES_ATTR] == pytest.approx(picks_limit(made, ladder)) and picks_limit(made, ladder) > 70
+    later = {**budget, "started": 60.0}  # a new --time-budget: the old plan is not this budget's, so it is replaced
+    close_plan(study, later, trained=False, fallback=0)
+    assert study.user_attrs[PLAN_ATTR]["budget_started"] == 60.0
