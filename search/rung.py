@@ -550,16 +550,39 @@ def redirected(study: optuna.Study, setting: RungSetting | None = None) -> dict[
     return {n: r for n, r in _records(study, setting).items() if "redirected" in r}
 
 
+def _run_list(study: optuna.Study, setting: RungSetting, ref: optuna.trial.FrozenTrial | None
+              ) -> tuple[list[optuna.trial.FrozenTrial], bool]:
+    """The promoted trials in the order the rung takes them, and whether picks foretold over the study's limit go to
+    the reference's recipe (then the reference comes first: the others' foretold minutes are read from its run)."""
+    runs = promoted(study, setting)
+    redirect = setting.over_limit == "reference" and ref is not None and study.user_attrs.get(MINUTES_ATTR) is not None
+    return (sorted(runs, key=lambda t: t.number != ref.number) if redirect else runs), redirect
+
+
+def run_order(study: optuna.Study, setting: RungSetting | None = None) -> list[int]:
+    """The trial numbers of the rung's runs at `setting` (default: the study's) in the order it trains them: each
+    redirected pick's run is its network's pairing with the reference's recipe, at the pick's place."""
+    setting = setting or current_setting(study)
+    if setting is None:
+        return []
+    runs, _ = _run_list(study, setting, reference(study))
+    pairs = {n: r["redirected"]["network_at"] for n, r in redirected(study, setting).items()}
+    stages = stage_trials(study)
+    order = []
+    for t in runs:
+        pair = pairs.get(t.number)
+        stage = stages.get((pair["network_of"], pair["recipe_of"])) if pair else None
+        order.append(t.number if stage is None else stage.number)
+    return list(dict.fromkeys(order))
+
+
 def _train_promoted(study: optuna.Study, setting: RungSetting, claims: Claims,
                     splits: Mapping[int, tuple[Split, Split]], device: torch.device, final_schedule: str,
                     say: Callable[[str], None], skip_done: bool = False,
                     gate: Callable[[optuna.trial.FrozenTrial], str | None] | None = None) -> float:
     spent, ref = 0.0, reference(study)
-    runs = promoted(study, setting)
+    runs, redirect = _run_list(study, setting, ref)
     limit = study.user_attrs.get(MINUTES_ATTR)
-    redirect = setting.over_limit == "reference" and ref is not None and limit is not None
-    if redirect:  # the reference first: the others' predicted minutes are read from its run
-        runs = sorted(runs, key=lambda t: t.number != ref.number)
     for trial in runs:
         if trial.number in finished(study, setting):
             if not skip_done:

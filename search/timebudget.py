@@ -24,7 +24,16 @@ from search.plan import (
     rung_run_estimate,
     say_minutes,
 )
-from search.rung import MINUTES_ATTR, STAGE_ATTR, current_setting, pick_of, reference, rung_records, within
+from search.rung import (
+    MINUTES_ATTR,
+    STAGE_ATTR,
+    current_setting,
+    pick_of,
+    reference,
+    run_order,
+    rung_records,
+    within,
+)
 
 
 def device_kind(device: str) -> str:
@@ -135,11 +144,14 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
 
 
 def close_plan(study: optuna.Study, budget: dict, trained: bool, fallback: int | None) -> None:
-    """At the search's end under `budget`: record the plan when this invocation trained something or the study holds
-    none made under this budget; else keep the recorded plan and put back its limit for picks (the rung set the
-    limit from the time left when it began, none once the budget is spent, and `train.final --study best` reads it)."""
+    """At the search's end under `budget`: record the plan when this invocation trained something, the study holds
+    none made under this budget, or the recorded one has no schedule for a pick at the rung (an earlier invocation
+    trained it and was stopped before its end); else keep the recorded plan and put back its limit for picks (the
+    rung set the limit from the time left when it began, none once the budget is spent, and `train.final --study
+    best` reads it)."""
     planned = study.user_attrs.get(PLAN_ATTR) or {}
-    if trained or not made_under(planned, budget):
+    covered = {str(n) for n in rung_records(study)} <= set(planned.get("schedules", {}))
+    if trained or not made_under(planned, budget) or not covered:
         record_plan(study, budget, fallback)
     else:
         study.set_user_attr(MINUTES_ATTR, picks_limit(planned, ladder_of(budget)))
@@ -213,7 +225,8 @@ def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) 
 
     records = {n: r for n, r in rung_records(study).items() if proxied(n)}
     ref = reference(study)
-    order = sorted(records, key=lambda n: (ref is None or n != ref.number, n))
+    live = [n for n in run_order(study) if n in records]  # as the live rung took them
+    order = live + sorted(set(records) - set(live))
     trained = {}
     for n in order[:up_front["rung_k"] + 2 if up_front["rung_k"] else 0]:
         ref_seconds = trained[ref.number]["seconds"] if ref is not None and ref.number in trained else None

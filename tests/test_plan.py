@@ -386,6 +386,24 @@ def test_the_replay_gates_rung_runs_on_what_the_live_gate_foretells(monkeypatch)
     assert short["pick"] == max(replayed, key=lambda t: t.value).number
 
 
+BUDGETED = REPO / "docs" / "studies" / "budget-flow-s1.journal"
+
+
+@pytest.mark.skipif(not BUDGETED.exists(), reason="the committed flow study docs/studies/budget-flow-s1.journal")
+def test_the_replay_takes_rung_runs_in_the_live_rungs_order_a_redirected_pick_at_its_place():
+    """Seed 1's budgeted flow (search.log): the reference #0, then the proxy's best #229 redirected to #0's recipe as
+    #255, then #194; the gate refused the rest. Taken by number (#194 before #255), the replay ran out of time for
+    #255 and shipped #0 at 320:12 where the live flow shipped #255 at 128:24,256:18."""
+    from search.rung import run_order
+    from search.storage import load_existing_study
+    from search.timebudget import replay
+
+    study = load_existing_study(str(BUDGETED), "budget-flow-s1")
+    assert run_order(study)[:3] == [0, 255, 194]
+    made = replay(study, 3 * 3600.0, workers=2)
+    assert (made["proxy_trials"], made["rung_runs"], made["pick"], made["schedule"]) == (255, 3, 255, "128:24,256:18")
+
+
 def _replay_study(n: int = 40) -> optuna.Study:
     """A finished study of `n` trials of 200 s, each better than the last: #0 a portfolio entry, #1 a recipe stage
     (a study resumed after a rung holds one among its proxy trials), #5 pruned with the best value of all."""
@@ -448,3 +466,28 @@ def test_a_resume_that_trains_nothing_keeps_its_plan_and_the_plans_limit_for_pic
     later = {**budget, "started": 60.0}  # a new --time-budget: the old plan is not this budget's, so it is replaced
     close_plan(study, later, trained=False, fallback=0)
     assert study.user_attrs[PLAN_ATTR]["budget_started"] == 60.0
+
+
+def test_a_resume_that_trains_nothing_replans_when_the_plan_lacks_a_pick_at_the_rung():
+    """An invocation whose rung trained a pick and was stopped before the search's end left the earlier plan without a
+    schedule for it; the next one, with nothing left to train, records the plan again so that the pick has one."""
+    import dataclasses
+
+    from search.plan import BUDGET_ATTR, PLAN_ATTR
+    from search.rung import RUNG_ATTR, SETTING_ATTR, RungSetting
+    from search.timebudget import close_plan
+
+    budget = {"started": 0.0, "seconds": 3 * 3600.0, "device": "cpu"}
+    made = plan.final_plan(plan.load_ladder("cpu"), budget, {0: 30.0}, now=3 * 3600.0 - 80 * 60)
+    setting = RungSetting(3, "32:2", 1.0, "last_f", 0)
+    study = optuna.create_study()
+    study.set_user_attr(BUDGET_ATTR, budget)
+    study.set_user_attr(PLAN_ATTR, made)
+    study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
+    for n, minutes in ((0, 30.0), (7, 40.0)):
+        study.set_user_attr(f"{RUNG_ATTR}:{n}:{setting.id}", {"f": 0.77, "seconds": 300.0, "final_minutes": minutes})
+    close_plan(study, budget, trained=False, fallback=None)
+    assert set(study.user_attrs[PLAN_ATTR]["schedules"]) == {"0", "7"}
+    kept = study.user_attrs[PLAN_ATTR]
+    close_plan(study, budget, trained=False, fallback=None)  # now covered: kept as it is
+    assert study.user_attrs[PLAN_ATTR] == kept
