@@ -560,8 +560,9 @@ def _run_list(study: optuna.Study, setting: RungSetting, ref: optuna.trial.Froze
 
 
 def run_order(study: optuna.Study, setting: RungSetting | None = None) -> list[int]:
-    """The trial numbers of the rung's runs at `setting` (default: the study's) in the order it trains them: each
-    redirected pick's run is its network's pairing with the reference's recipe, at the pick's place."""
+    """The trial numbers of the rung's runs at `setting` (default: the study's) in the order it trains them under the
+    study's limit as it is now: each redirected pick's run is its network's pairing with the reference's recipe, at the
+    pick's place. A rung whose runs span invocations under different limits is read as one under the last."""
     setting = setting or current_setting(study)
     if setting is None:
         return []

@@ -144,17 +144,24 @@ def record_plan(study: optuna.Study, budget: dict, fallback: int | None) -> dict
 
 
 def close_plan(study: optuna.Study, budget: dict, trained: bool, fallback: int | None) -> None:
-    """At the search's end under `budget`: record the plan when this invocation trained something, the study holds
-    none made under this budget, or the recorded one has no schedule for a pick at the rung (an earlier invocation
-    trained it and was stopped before its end); else keep the recorded plan and put back its limit for picks (the
-    rung set the limit from the time left when it began, none once the budget is spent, and `train.final --study
-    best` reads it)."""
+    """At the search's end under `budget`: record the plan when this invocation trained something or the study holds
+    none made under this budget; else keep the recorded plan and put back its limit for picks (the rung set the
+    limit from the time left when it began, none once the budget is spent, and `train.final --study best` reads it).
+    A kept plan without a schedule for a pick at the rung (an invocation stopped after training it) gets one, planned
+    in the kept plan's time: the time left now may be none, and re-planning from it would drop the limit."""
     planned = study.user_attrs.get(PLAN_ATTR) or {}
-    covered = {str(n) for n in rung_records(study)} <= set(planned.get("schedules", {}))
-    if trained or not made_under(planned, budget) or not covered:
+    if trained or not made_under(planned, budget):
         record_plan(study, budget, fallback)
-    else:
-        study.set_user_attr(MINUTES_ATTR, picks_limit(planned, ladder_of(budget)))
+        return
+    ladder = ladder_of(budget)
+    missing = {n: r.get("final_minutes") for n, r in rung_records(study).items()
+               if str(n) not in planned.get("schedules", {})}
+    if missing:
+        then = budget["started"] + budget["seconds"] - planned["minutes_left"] * 60  # when the kept plan was made
+        added = final_plan(ladder, budget, missing, now=then)["schedules"]
+        planned = {**planned, "schedules": {**planned["schedules"], **added}}
+        study.set_user_attr(PLAN_ATTR, planned)
+    study.set_user_attr(MINUTES_ATTR, picks_limit(planned, ladder))
 
 
 def picks_limit(plan: dict, ladder: Ladder) -> float:

@@ -470,12 +470,14 @@ def test_a_resume_that_trains_nothing_keeps_its_plan_and_the_plans_limit_for_pic
 
 def test_a_resume_that_trains_nothing_replans_when_the_plan_lacks_a_pick_at_the_rung():
     """An invocation whose rung trained a pick and was stopped before the search's end left the earlier plan without a
-    schedule for it; the next one, with nothing left to train, records the plan again so that the pick has one."""
+    schedule for it; the next one, with nothing left to train and the budget spent since, gives it one in the kept
+    plan's time and keeps the plan's limit for picks (a plan made from the time left now would have none, and
+    train.final would then compare every pick, the slow one included)."""
     import dataclasses
 
     from search.plan import BUDGET_ATTR, PLAN_ATTR
-    from search.rung import RUNG_ATTR, SETTING_ATTR, RungSetting
-    from search.timebudget import close_plan
+    from search.rung import MINUTES_ATTR, RUNG_ATTR, SETTING_ATTR, RungSetting
+    from search.timebudget import close_plan, picks_limit
 
     budget = {"started": 0.0, "seconds": 3 * 3600.0, "device": "cpu"}
     made = plan.final_plan(plan.load_ladder("cpu"), budget, {0: 30.0}, now=3 * 3600.0 - 80 * 60)
@@ -486,8 +488,12 @@ def test_a_resume_that_trains_nothing_replans_when_the_plan_lacks_a_pick_at_the_
     study.set_user_attr(SETTING_ATTR, dataclasses.asdict(setting))
     for n, minutes in ((0, 30.0), (7, 40.0)):
         study.set_user_attr(f"{RUNG_ATTR}:{n}:{setting.id}", {"f": 0.77, "seconds": 300.0, "final_minutes": minutes})
-    close_plan(study, budget, trained=False, fallback=None)
-    assert set(study.user_attrs[PLAN_ATTR]["schedules"]) == {"0", "7"}
+    close_plan(study, budget, trained=False, fallback=None)  # the budget started at 0.0: long spent
     kept = study.user_attrs[PLAN_ATTR]
+    assert set(kept["schedules"]) == {"0", "7"} and kept["schedules"]["0"] == made["schedules"]["0"]
+    assert kept["planned_from"] == made["planned_from"] > 70
+    assert study.user_attrs[MINUTES_ATTR] == pytest.approx(picks_limit(made, plan.load_ladder("cpu")))
+    assert kept["schedules"]["7"] == plan.final_plan(plan.load_ladder("cpu"), budget, {7: 40.0},
+                                                     now=3 * 3600.0 - made["minutes_left"] * 60)["schedules"]["7"]
     close_plan(study, budget, trained=False, fallback=None)  # now covered: kept as it is
     assert study.user_attrs[PLAN_ATTR] == kept

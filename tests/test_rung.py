@@ -671,3 +671,23 @@ def test_a_redirected_pairing_dropped_from_the_chosen_list_stays_promoted(monkey
     rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=print)
     study.set_user_attr(f"{rung_mod.STAGE_ATTR}:{setting.id}", [])  # two processes appended at once: one list lost
     assert 3 in {t.number for t in rung_mod.promoted(study, setting)}  # read from #0's redirect record
+
+
+@pytest.mark.parametrize("lever", [False, True])
+def test_run_order_is_the_order_the_rung_trained_in(monkeypatch, lever):
+    """search.timebudget's replay takes the rung's runs in `run_order`: the order `train_at` was called in; with the
+    lever the reference first and a redirected pick's pairing at the pick's place."""
+    calls = []
+    monkeypatch.setattr(rung_mod, "train_at", _fake_train_at(calls, {}))
+    if lever:
+        study = _lever_study()
+        study.set_user_attr(rung_mod.MINUTES_ATTR, 40.0)
+        setting = RungSetting(2, "32:2", 1.0, "last_f", 0, over_limit="reference")
+    else:
+        study = _study_with([(None, 0.60), ("dw_unet@R85", 0.40), (None, 0.55), ("bisenet_style@R85", 0.30),
+                             (None, 0.50)])
+        setting = RungSetting(2, "128:4,256:2", 1.0, "mean_last2_f", 0)
+    rung_mod.run_rung(study, setting, {}, None, "128:24,256:12", say=lambda line: None)
+    assert len(calls) >= 3 and rung_mod.run_order(study, setting)[:len(calls)] == calls
+    if lever:
+        assert calls[0] == rung_mod.reference(study).number and rung_mod.redirected(study, setting)
