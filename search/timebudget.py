@@ -206,10 +206,10 @@ def choose_pick(records: dict[int, dict], made: dict, budget: dict, ladder: Ladd
 
 def replay(study: optuna.Study, budget_s: float, workers: int, rung_k: int = 3) -> dict:
     """What the planner would do with `budget_s` on a finished study, planning only: the study's proxy trials in
-    their order and with their durations, run by `workers` processes while one more fits; the rung's recorded runs,
-    each only when the live gate would start it (from its estimate before the run), taking its recorded seconds;
-    then the final's schedule for the rung's pick. The picks are the study's own (a shorter proxy phase could have
-    promoted others: the replay cannot know which)."""
+    their order and with their durations, run by `workers` processes while one more fits; the rung's recorded runs in
+    the live rung's order (`run_order`), each only when the live gate would start it (from its estimate before the
+    run), taking its recorded seconds; then the final's schedule for the rung's pick. The picks are the study's own (a
+    shorter proxy phase could have promoted others: the replay cannot know which)."""
     ladder = load_ladder(device_kind(study.user_attrs.get("proxy", {}).get("device", "cpu")))
     entries = sum("portfolio" in t.user_attrs for t in study.trials)
     up_front = initial_plan(ladder, budget_s, entries, rung_k, workers)
